@@ -1,0 +1,171 @@
+"""The one small interface every vector database sits behind."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SearchMode = Literal["dense", "sparse", "hybrid"]
+
+#: Payload fields every stored chunk carries besides its vectors (DESIGN.md, "Fixed points").
+CHUNK_FIELDS = ("text", "source", "chunk_index", "start", "end", "content_hash", "metadata")
+
+
+@dataclass
+class ChunkRecord:
+    """One chunk as stored: its UUIDv5 id, payload fields and vectors."""
+
+    id: str
+    text: str
+    source: str
+    chunk_index: int
+    start: int
+    end: int
+    content_hash: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dense: np.ndarray | None = None
+    sparse: dict[int, float] | None = None
+    colbert: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid search merges the dense and sparse result lists.
+
+    ``rrf``: score = sum over lists of 1 / (k + rank), rank starting at 1.
+    ``weighted``: the database's weighted-score fusion with ``weights`` (dense, sparse).
+    ``dbsf``: Qdrant's distribution-based score fusion (Qdrant only).
+    """
+
+    kind: Literal["rrf", "weighted", "dbsf"] = "rrf"
+    k: int = 60
+    weights: tuple[float, float] = (0.5, 0.5)
+
+    @classmethod
+    def rrf(cls, k: int = 60) -> "Fusion":
+        return cls("rrf", k=k)
+
+    @classmethod
+    def weighted(cls, dense: float = 0.5, sparse: float = 0.5) -> "Fusion":
+        return cls("weighted", weights=(dense, sparse))
+
+
+@dataclass
+class SearchHit:
+    """A search result: the chunk (vectors only when asked for) and the score that ranked it."""
+
+    record: ChunkRecord
+    score: float
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+#: Structured metadata filter, see ``m3ingest.connectors.filters``.
+Filter = Mapping[str, Any]
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message names the store, the operation and the collection."""
+
+
+class SchemaMismatchError(StoreError):
+    """An existing collection does not have the schema this run needs."""
+
+
+class VectorStore(ABC):
+    """A Milvus or Qdrant client, embedded or remote, seen through one interface.
+
+    Every method takes the collection (or alias) name, so one store serves versioned collections
+    and the alias that points at the live one.
+    """
+
+    #: Short name used in messages, e.g. ``"milvus"`` or ``"qdrant"``.
+    backend: str = ""
+
+    @abstractmethod
+    def ensure_collection(self, collection: str, dim: int, colbert: bool = False) -> None:
+        """Create the collection, or check that the existing one has this schema."""
+
+    @abstractmethod
+    def has_collection(self, collection: str) -> bool:
+        """Whether a collection (or alias) of this name exists."""
+
+    @abstractmethod
+    def list_collections(self) -> list[str]:
+        """Names of all collections (not aliases)."""
+
+    @abstractmethod
+    def drop_collection(self, collection: str) -> None:
+        """Delete a collection and everything in it; no error when it does not exist."""
+
+    @abstractmethod
+    def upsert(self, collection: str, records: Sequence[ChunkRecord]) -> None:
+        """Insert or replace chunks by id; returns once the store has acknowledged them."""
+
+    @abstractmethod
+    def delete(self, collection: str, ids: Iterable[str]) -> None:
+        """Delete chunks by id; unknown ids are ignored."""
+
+    @abstractmethod
+    def delete_source(self, collection: str, source: str) -> None:
+        """Delete every chunk of one source."""
+
+    @abstractmethod
+    def get(
+        self, collection: str, ids: Sequence[str], with_vectors: bool = False
+    ) -> list[ChunkRecord]:
+        """Fetch chunks by id (missing ids are left out), with their vectors when asked."""
+
+    @abstractmethod
+    def count(self, collection: str) -> int:
+        """Number of chunks stored."""
+
+    @abstractmethod
+    def ids_by_source(self, collection: str) -> dict[str, set[str]]:
+        """Every source held and the chunk ids it has (for verification)."""
+
+    @abstractmethod
+    def search(
+        self,
+        collection: str,
+        *,
+        dense: np.ndarray | None = None,
+        sparse: Mapping[int, float] | None = None,
+        mode: SearchMode = "hybrid",
+        k: int = 10,
+        filter: Filter | None = None,
+        fusion: Fusion = Fusion(),
+        candidates: int | None = None,
+        with_vectors: bool = False,
+    ) -> list[SearchHit]:
+        """Top-``k`` chunks for one query, best first.
+
+        ``candidates`` is how many hits each list contributes to hybrid fusion (default: ``k``).
+        """
+
+    @abstractmethod
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at ``collection`` in one atomic step (create or move it)."""
+
+    @abstractmethod
+    def resolve_alias(self, alias: str) -> str | None:
+        """The collection an alias points at, or None when there is no such alias."""
+
+    @abstractmethod
+    def drop_alias(self, alias: str) -> None:
+        """Remove an alias; no error when it does not exist."""
+
+    def close(self) -> None:
+        """Release the client."""
+
+    def __enter__(self) -> "VectorStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
