@@ -1,0 +1,98 @@
+"""Secrets from the environment or ${VAR} never reach logs, reports, --json output or exceptions."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from m3ingest.config import load_config
+from m3ingest.logs import setup_logging
+from m3ingest.redact import MASK, redact, redact_data, register_config, scrub_exception
+
+TOKEN = "tok-7f3a9c1e5b"
+PASSWORD = "pw-Zq8hunter2"
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("connect to http://admin:s3cretpw@milvus:19530 failed", "s3cretpw"),
+        ("connect to https://tok_abcdef@qdrant.example.com failed", "tok_abcdef"),
+        ("headers {'api-key': 'k-98765'} rejected", "k-98765"),
+        ("token=abc12345, retrying", "abc12345"),
+        ("Authorization: Bearer eyJhbGciOi.payload", "eyJhbGciOi"),
+        ('"password": "hunter22"', "hunter22"),
+    ],
+)
+def test_credentials_in_text_are_masked(text: str, secret: str) -> None:
+    out = redact(text, env={})
+    assert secret not in out and MASK in out
+
+
+def test_plain_uris_and_words_are_left_alone() -> None:
+    text = "wrote 12 chunks to http://milvus:19530 collection docs; tokens encoded: 512"
+    assert redact(text, env={}) == text
+
+
+def test_secret_env_values_are_masked_wherever_they_appear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MILVUS_TOKEN", TOKEN)
+    assert redact(f"server said: bad credential {TOKEN}!") == f"server said: bad credential {MASK}!"
+
+
+def test_config_secrets_from_var_expansion_are_registered(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MY_VECTOR_DB_CRED", PASSWORD)  # a name that does not look secret
+    file = tmp_path / "job.toml"
+    file.write_text('[store]\nuri = "http://db:19530"\nuser = "svc"\npassword = "${MY_VECTOR_DB_CRED}"\n')
+    config = load_config(file)
+    register_config(config)
+    assert PASSWORD not in redact(f"login svc/{PASSWORD} refused")
+    assert PASSWORD not in repr(config) and PASSWORD not in config.model_dump_json()
+
+
+def test_reports_are_redacted_throughout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QDRANT_API_KEY", TOKEN)
+    report = {"failures": [{"path": "a.md", "reason": f"store refused key {TOKEN}"}], "chunks": 3}
+    assert TOKEN not in str(redact_data(report)) and redact_data(report)["chunks"] == 3
+
+
+def test_log_records_and_tracebacks_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("M3INGEST_STORE__TOKEN", TOKEN)
+    stream = io.StringIO()
+    handler = setup_logging("DEBUG", stream=stream)
+    try:
+        log = logging.getLogger("m3ingest.test")
+        log.info("connecting with token %s to %s", TOKEN, "http://u:pass9876@h:1")
+        try:
+            raise ConnectionError(f"refused: token={TOKEN}")
+        except ConnectionError:
+            log.exception("store failed")
+        logging.getLogger("some.library").warning("retrying http://u:pass9876@h:1 (%s)", TOKEN)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    out = stream.getvalue()
+    assert "store failed" in out and "ConnectionError" in out and "retrying" in out
+    assert TOKEN not in out and "pass9876" not in out
+
+
+def test_exceptions_are_scrubbed_with_their_causes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MILVUS_TOKEN", TOKEN)
+
+    class ClientError(Exception):
+        def __init__(self, message: str) -> None:
+            super().__init__(message)
+            self.message = message
+
+        def __str__(self) -> str:
+            return f"<ClientError: {self.message}>"
+
+    try:
+        try:
+            raise ClientError(f"auth failed for {TOKEN}")
+        except ClientError as inner:
+            raise RuntimeError("connect to http://svc:pw-secret-1@db:19530 failed") from inner
+    except RuntimeError as outer:
+        scrub_exception(outer)
+        assert "pw-secret-1" not in str(outer)
+        assert TOKEN not in str(outer.__cause__)
