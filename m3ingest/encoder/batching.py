@@ -1,0 +1,65 @@
+"""Token-budget batches over length-sorted inputs, and halving a batch on CUDA out-of-memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BatchTooLargeError(RuntimeError):
+    """A batch at the smallest allowed size still does not fit in device memory."""
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches, longest first.
+
+    Each batch holds inputs of similar length, and its padded size (rows x longest row) stays
+    within ``batch_tokens``; an input longer than the budget gets a batch of its own.
+    """
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted descending, so the first row of a batch is its longest.
+        if current and lengths[current[0]] * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def run_with_backoff(
+    items: list[T],
+    run: Callable[[list[T]], list[R]],
+    *,
+    min_items: int = 1,
+    describe: Callable[[list[T]], str] = lambda items: f"{len(items)} inputs",
+    after_oom: Callable[[], None] | None = None,
+) -> list[R]:
+    """``run(items)``; on out-of-memory, run each half of ``items`` in turn, down to ``min_items``.
+
+    Returns one result per item, in order. Below the floor it raises ``BatchTooLargeError``.
+    """
+    try:
+        return run(items)
+    except torch.OutOfMemoryError as exc:
+        if len(items) <= min_items:
+            raise BatchTooLargeError(
+                f"out of device memory on a batch of {describe(items)}, already at the smallest "
+                f"batch; lower max_length or model.batch_tokens, or free memory on the device"
+            ) from exc
+    # Retried outside the except block so the failed attempt's tensors can be freed first.
+    if after_oom is not None:
+        after_oom()
+    half = len(items) // 2
+    kwargs = {"min_items": min_items, "describe": describe, "after_oom": after_oom}
+    return run_with_backoff(items[:half], run, **kwargs) + run_with_backoff(items[half:], run, **kwargs)

@@ -1,0 +1,67 @@
+"""Which devices and which floating-point precision the encoder runs on."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("m3ingest.encoder")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# CPU flags that mean bf16 matrix products run in hardware rather than being emulated.
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def resolve_devices(device: str | Sequence[str] | None) -> list[torch.device]:
+    """The devices to encode on: CUDA if available else CPU, one name, or a list of names."""
+    if device is None:
+        return [torch.device("cuda" if torch.cuda.is_available() else "cpu")]
+    names = [device] if isinstance(device, str | torch.device) else list(device)
+    if not names:
+        raise ValueError("device list is empty; pass None, 'cpu', 'cuda', 'cuda:1' or a list of them")
+    devices = [torch.device(n) for n in names]
+    for d in devices:
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(d)!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
+    return devices
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    if any(f in flags for f in _NATIVE_BF16_FLAGS):
+        return True
+    probe = getattr(getattr(torch._C, "_cpu", None), "_is_avx512_bf16_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The torch dtype for ``dtype`` ("auto", "float32", "bfloat16", "float16") on ``device``.
+
+    "auto" is bf16 (fp16 where bf16 is unsupported) on CUDA, bf16 on CPUs with native bf16, and
+    fp32 elsewhere.
+    """
+    if isinstance(dtype, torch.dtype):
+        chosen = dtype
+    elif dtype == "auto":
+        if device.type == "cuda":
+            chosen = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif device.type == "cpu" and cpu_has_native_bf16():
+            chosen = torch.bfloat16
+        else:
+            chosen = torch.float32
+    elif dtype in DTYPES:
+        chosen = DTYPES[dtype]
+    else:
+        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
+    if chosen not in DTYPES.values():
+        raise ValueError(f"unsupported dtype {chosen}; use float32, bfloat16 or float16")
+    return chosen
