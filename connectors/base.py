@@ -143,10 +143,13 @@ class VectorStore(ABC):
         fusion: Fusion = Fusion(),
         candidates: int | None = None,
         with_vectors: bool = False,
+        colbert: np.ndarray | None = None,
     ) -> list[SearchHit]:
         """Top-``k`` chunks for one query, best first.
 
         ``candidates`` is how many hits each list contributes to hybrid fusion (default: ``k``).
+        ``colbert`` (query token vectors) re-ranks the fused candidates by MaxSim as a last stage,
+        in a collection created with ColBERT storage.
         """
 
     @abstractmethod

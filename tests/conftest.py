@@ -1,0 +1,27 @@
+"""Shared pytest fixtures."""
+
+import uuid
+
+import pytest
+
+# --- connectors: one store per backend and test module, a fresh collection per test ---------------
+
+
+@pytest.fixture(scope="module", params=["milvus", "qdrant"])
+def store(request, tmp_path_factory):
+    """A real embedded store (Milvus Lite file or Qdrant local folder), shared by one test module."""
+    from m3ingest.connectors import RetryPolicy, open_store
+
+    folder = tmp_path_factory.mktemp(request.param)
+    uri = str(folder / "m3.db") if request.param == "milvus" else str(folder / "qdrant")
+    s = open_store(request.param, uri, retry_policy=RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.05))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def collection(store):
+    """A collection name unused in ``store``, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    store.drop_collection(name)
