@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import TextIO
 
-from m3ingest.redact import SecretFilter
+from m3ingest.redact import SecretFilter, install_record_redaction
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,6 +33,7 @@ def setup_logging(
     m3ingest does), so their request chatter stays out of scheduled-job logs.
     """
     resolved = resolve_level(level, verbose)
+    install_record_redaction()
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_m3ingest", False)]:
         root.removeHandler(old)

@@ -105,17 +105,40 @@ def scrub_exception(exc: BaseException) -> BaseException:
     return exc
 
 
+def _redact_record(record: logging.LogRecord) -> None:
+    record.msg = redact(record.getMessage())
+    record.args = None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
 class SecretFilter(logging.Filter):
     """A handler filter that masks secrets in the message, its arguments and any traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        record.msg = redact(message)
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+        _redact_record(record)
         return True
+
+
+def install_record_redaction() -> None:
+    """Mask every log record when it is created, whichever logger and handler it goes to.
+
+    Client libraries install their own handlers (pymilvus logs RPC errors to stderr without
+    propagating), so a filter on our handlers alone is not enough. Records are only created
+    for enabled levels, so the cost is paid only for lines that are written.
+    """
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "_m3ingest", False):
+        return
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    make._m3ingest = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make)

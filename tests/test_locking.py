@@ -24,6 +24,7 @@ HOLDER = textwrap.dedent(
     lock = CollectionLock(sys.argv[1], "docs").acquire()
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
+    open(sys.argv[1] + ".done", "w").close()
     lock.release()
     """
 )
@@ -70,7 +71,8 @@ def test_wait_queues_behind_the_running_job(tmp_path: Path) -> None:
     path = tmp_path / "docs.lock"
     proc = start_holder(path, seconds=0.5)
     with CollectionLock(path, "docs", wait=True, timeout=60, poll=0.05) as lock:
-        assert proc.poll() is not None, "the lock was granted while the first run still held it"
+        done = path.with_name(path.name + ".done")
+        assert done.exists(), "the lock was granted while the first run still held it"
         assert lock.previous is None, "a run that exited normally must not look crashed"
     proc.wait()
 

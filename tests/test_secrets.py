@@ -69,10 +69,16 @@ def test_log_records_and_tracebacks_are_masked(monkeypatch: pytest.MonkeyPatch) 
         except ConnectionError:
             log.exception("store failed")
         logging.getLogger("some.library").warning("retrying http://u:pass9876@h:1 (%s)", TOKEN)
+        # A library with its own handler that does not propagate (as pymilvus sets itself up).
+        own = logging.getLogger("chatty.client")
+        own.propagate = False
+        own.addHandler(logging.StreamHandler(stream))
+        own.error("rpc failed, token %s", TOKEN)
     finally:
         logging.getLogger().removeHandler(handler)
     out = stream.getvalue()
     assert "store failed" in out and "ConnectionError" in out and "retrying" in out
+    assert "rpc failed" in out
     assert TOKEN not in out and "pass9876" not in out
 
 
