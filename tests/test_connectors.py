@@ -293,3 +293,17 @@ def test_store_from_config_opens_the_configured_backend(tmp_path):
         assert s.list_collections() == ["c"]
     with pytest.raises(ValueError, match="store.backend"):
         open_store("chroma", "x")
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_reopened_store_serves_what_was_written(tmp_path, backend):
+    rng = np.random.default_rng(9)
+    uri = str(tmp_path / ("m.db" if backend == "milvus" else "q"))
+    records = [make(rng, "a.md", i) for i in range(3)]
+    with open_store(backend, uri) as s:
+        s.ensure_collection("c", DIM)
+        s.upsert("c", records)
+    with open_store(backend, uri) as s:  # no ensure_collection: a retriever just searches
+        assert s.count("c") == 3
+        hit = s.search("c", dense=records[1].dense, sparse=records[1].sparse, k=1)[0]
+        assert hit.id == records[1].id

@@ -1,0 +1,214 @@
+"""Search on Milvus Lite and Qdrant local equals a numpy brute force of the same scoring, and each other.
+
+One corpus with known vectors is loaded into both engines; for each query the expected scores are
+computed in numpy: dense inner product, sparse inner product, RRF ``sum 1 / (k + rank)`` over the
+two top-``candidates`` lists, and the weighted sum ``w_dense * dense + w_sparse * sparse`` (a
+chunk absent from one list adds 0 for it). Ties are compared by score, not by order.
+"""
+
+import uuid
+
+import numpy as np
+import pytest
+
+from m3ingest.connectors import ChunkRecord, Fusion, RetryPolicy, open_store
+
+DIM = 16
+VOCAB = 120
+N = 300
+POLICY = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.05)
+
+
+def _corpus(rng, n, colbert=False):
+    dense = rng.normal(size=(n, DIM)).astype(np.float32)
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    records = []
+    for i in range(n):
+        tokens = rng.choice(VOCAB, int(rng.integers(3, 12)), replace=False)
+        weights = rng.random(len(tokens)).astype(np.float32) * 0.4 + 0.001
+        mv = None
+        if colbert:
+            mv = rng.normal(size=(int(rng.integers(2, 7)), DIM)).astype(np.float32)
+            mv /= np.linalg.norm(mv, axis=1, keepdims=True)
+        records.append(ChunkRecord(
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"doc{i}")),
+            text=f"text {i}", source=f"s{i % 10}.md", chunk_index=i // 10, start=0, end=1,
+            content_hash=f"{i:064x}", metadata={"lang": ["en", "de", "fr"][i % 3]},
+            dense=dense[i], sparse={int(t): float(w) for t, w in zip(tokens, weights)}, colbert=mv,
+        ))
+    return records
+
+
+def _query(rng):
+    q = rng.normal(size=DIM).astype(np.float32)
+    q /= np.linalg.norm(q)
+    tokens = rng.choice(VOCAB, 6, replace=False)
+    return q, {int(t): float(w) for t, w in zip(tokens, rng.random(6).astype(np.float32) + 0.05)}
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return _corpus(np.random.default_rng(42), N)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, corpus):
+    folder = tmp_path_factory.mktemp("search")
+    stores = {
+        "milvus": open_store("milvus", str(folder / "m.db"), retry_policy=POLICY),
+        "qdrant": open_store("qdrant", str(folder / "q"), retry_policy=POLICY),
+    }
+    for s in stores.values():
+        s.ensure_collection("corpus", DIM)
+        s.upsert("corpus", corpus)
+    yield stores
+    for s in stores.values():
+        s.close()
+
+
+# --- brute force ---------------------------------------------------------------------------------
+
+
+def dense_scores(corpus, q):
+    return {r.id: float(np.dot(r.dense.astype(np.float64), q.astype(np.float64))) for r in corpus}
+
+
+def sparse_scores(corpus, q):
+    out = {}
+    for r in corpus:
+        common = set(q) & set(r.sparse)
+        if common:  # engines return only chunks sharing a token with the query
+            out[r.id] = sum(float(np.float32(q[t])) * float(np.float32(r.sparse[t])) for t in common)
+    return out
+
+
+def top(scores, n):
+    return sorted(scores, key=lambda i: -scores[i])[:n]
+
+
+def rrf(lists, k):
+    out = {}
+    for ranked in lists:
+        for rank, i in enumerate(ranked, start=1):
+            out[i] = out.get(i, 0.0) + 1.0 / (k + rank)
+    return out
+
+
+def weighted(d, s, cand, w):
+    ids = set(top(d, cand)) | set(top(s, cand))
+    return {i: w[0] * (d[i] if i in top(d, cand) else 0.0) + w[1] * (s[i] if i in top(s, cand) else 0.0) for i in ids}
+
+
+def assert_matches(hits, expected, k, tol=2e-5):
+    """Hits are the top-k of ``expected``: each score right, best first, no better chunk left out."""
+    assert len(hits) == min(k, len(expected))
+    for h in hits:
+        assert h.id in expected, f"{h.id} should not be a result"
+        assert h.score == pytest.approx(expected[h.id], rel=tol, abs=tol)
+    scores = [h.score for h in hits]
+    assert all(a >= b - tol for a, b in zip(scores, scores[1:]))
+    best = sorted(expected.values(), reverse=True)[:k]
+    np.testing.assert_allclose(sorted(scores, reverse=True), best, rtol=tol, atol=tol)
+
+
+def expected_for(corpus, mode, q, fusion, k, cand):
+    d, s = dense_scores(corpus, q[0]), sparse_scores(corpus, q[1])
+    if mode == "dense":
+        return d
+    if mode == "sparse":
+        return s
+    if fusion.kind == "rrf":
+        return rrf([top(d, cand), top(s, cand)], fusion.k)
+    return weighted(d, s, cand, fusion.weights)
+
+
+CASES = [
+    ("dense", Fusion(), 10, None),
+    ("sparse", Fusion(), 10, None),
+    ("hybrid", Fusion.rrf(60), 10, 50),
+    ("hybrid", Fusion.rrf(5), 10, 50),
+    ("hybrid", Fusion.rrf(60), 20, 20),
+    ("hybrid", Fusion.weighted(0.5, 0.5), 10, 50),
+    ("hybrid", Fusion.weighted(0.4, 0.2), 15, 30),
+]
+IDS = [f"{m}-{f.kind}-k{f.k}-w{f.weights[0]}-{n}-{c}" for m, f, n, c in CASES]
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+@pytest.mark.parametrize("mode,fusion,k,cand", CASES, ids=IDS)
+def test_search_equals_brute_force(engines, corpus, backend, mode, fusion, k, cand):
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        q = _query(rng)
+        hits = engines[backend].search(
+            "corpus", dense=q[0], sparse=q[1], mode=mode, k=k, fusion=fusion, candidates=cand
+        )
+        assert_matches(hits, expected_for(corpus, mode, q, fusion, k, cand or k), k)
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_filtered_search_equals_brute_force_on_the_subset(engines, corpus, backend):
+    q = _query(np.random.default_rng(8))
+    spec = {"lang": "de", "chunk_index": {"$lt": 20}}
+    subset = [r for r in corpus if r.metadata["lang"] == "de" and r.chunk_index < 20]
+    for mode, fusion in (("dense", Fusion()), ("hybrid", Fusion.rrf()), ("hybrid", Fusion.weighted(0.3, 0.7))):
+        hits = engines[backend].search("corpus", dense=q[0], sparse=q[1], mode=mode, k=8, filter=spec,
+                                       fusion=fusion, candidates=30)
+        assert_matches(hits, expected_for(subset, mode, q, fusion, 8, 30), 8)
+
+
+@pytest.mark.parametrize("fusion", [Fusion.rrf(60), Fusion.rrf(1), Fusion.weighted(0.6, 0.4)], ids=str)
+def test_engines_agree(engines, fusion):
+    rng = np.random.default_rng(9)
+    for _ in range(5):
+        q = _query(rng)
+        got = {
+            name: s.search("corpus", dense=q[0], sparse=q[1], k=10, fusion=fusion, candidates=40)
+            for name, s in engines.items()
+        }
+        m, qd = got["milvus"], got["qdrant"]
+        np.testing.assert_allclose([h.score for h in m], [h.score for h in qd], rtol=2e-5, atol=2e-5)
+        by_score = lambda hits: {round(h.score, 5): set() for h in hits}
+        groups_m, groups_q = by_score(m), by_score(qd)
+        for h in m:
+            groups_m[round(h.score, 5)].add(h.id)
+        for h in qd:
+            groups_q[round(h.score, 5)].add(h.id)
+        last = min(groups_m)  # the lowest score may be cut off differently among equals
+        assert {s: g for s, g in groups_m.items() if s != last} == {s: g for s, g in groups_q.items() if s != last}
+
+
+def test_search_returns_payload_and_vectors_when_asked(engines, corpus):
+    q = _query(np.random.default_rng(10))
+    for s in engines.values():
+        hit = s.search("corpus", dense=q[0], sparse=q[1], k=3, with_vectors=True)[0]
+        want = next(r for r in corpus if r.id == hit.id)
+        assert (hit.record.text, hit.record.source, hit.record.metadata) == (want.text, want.source, want.metadata)
+        np.testing.assert_array_equal(hit.record.dense, want.dense)
+        assert s.search("corpus", dense=q[0], sparse=q[1], k=3)[0].record.dense is None
+
+
+def test_dbsf_is_qdrant_only(engines):
+    q = _query(np.random.default_rng(11))
+    hits = engines["qdrant"].search("corpus", dense=q[0], sparse=q[1], k=5, fusion=Fusion("dbsf"))
+    assert len(hits) == 5
+    with pytest.raises(ValueError, match="Qdrant only"):
+        engines["milvus"].search("corpus", dense=q[0], sparse=q[1], k=5, fusion=Fusion("dbsf"))
+
+
+def test_colbert_rerank_is_maxsim_over_the_candidates(tmp_path):
+    rng = np.random.default_rng(12)
+    docs = _corpus(rng, 40, colbert=True)
+    q = _query(rng)
+    qmv = rng.normal(size=(4, DIM)).astype(np.float32)
+    # Every chunk is a dense candidate (candidates >= corpus), so the re-rank sees all of them.
+    expected = {r.id: float((qmv.astype(np.float64) @ r.colbert.T.astype(np.float64)).max(axis=1).sum()) for r in docs}
+    results = {}
+    for backend, uri in (("milvus", str(tmp_path / "m.db")), ("qdrant", str(tmp_path / "q"))):
+        with open_store(backend, uri, retry_policy=POLICY) as s:
+            s.ensure_collection("mv", DIM, colbert=True)
+            s.upsert("mv", docs)
+            hits = s.search("mv", dense=q[0], sparse=q[1], k=5, candidates=50, colbert=qmv)
+            assert_matches(hits, expected, 5)
+            results[backend] = [h.id for h in hits]
+    assert results["milvus"] == results["qdrant"]
