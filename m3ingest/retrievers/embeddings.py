@@ -1,0 +1,93 @@
+"""M3 vectors for LangChain vector stores: a dense ``Embeddings`` and sparse adapters.
+
+``M3Embeddings`` gives the dense vectors; ``.milvus_sparse()`` and ``.qdrant_sparse()`` give
+adapters for langchain-milvus' ``BaseSparseEmbedding`` and langchain-qdrant's
+``SparseEmbeddings`` that share its encoder and cache, so a store asking for the dense and then
+the sparse vectors of the same texts gets both from one forward pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.embeddings import Embeddings
+
+if TYPE_CHECKING:
+    from m3ingest.encoder import M3Encoder, M3Output
+    from m3ingest.retrievers.milvus_sparse import M3MilvusSparseEmbedding
+    from m3ingest.retrievers.qdrant_sparse import M3QdrantSparseEmbeddings
+
+
+class SharedEncoding:
+    """Dense and sparse vectors of text batches, one forward pass each, the last few cached."""
+
+    def __init__(self, encoder: M3Encoder, max_length: int = 8192, cache_batches: int = 4) -> None:
+        self.encoder = encoder
+        self.max_length = max_length
+        self.cache_batches = cache_batches
+        self._cache: OrderedDict[tuple[str, ...], M3Output] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str]) -> M3Output:
+        """Both kinds of vectors of ``texts``; a batch asked for again is served from the cache."""
+        key = tuple(texts)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        out = self.encoder.encode(list(texts), dense=True, sparse=True, max_length=self.max_length)
+        with self._lock:
+            self._cache[key] = out
+            while len(self._cache) > self.cache_batches:
+                self._cache.popitem(last=False)
+        return out
+
+
+def _encoder(model: M3Encoder | str, encoder_kwargs: dict[str, Any]) -> M3Encoder:
+    from m3ingest.encoder import M3Encoder
+
+    return model if isinstance(model, M3Encoder) else M3Encoder(model, **encoder_kwargs)
+
+
+class M3Embeddings(Embeddings):
+    """BGE-M3 dense vectors (normalised, float) as a LangChain ``Embeddings``.
+
+    ``model`` is an ``M3Encoder`` already loaded, a hub id or a local checkpoint folder
+    (``encoder_kwargs`` such as ``device=`` and ``dtype=`` go to ``M3Encoder``).
+    """
+
+    def __init__(
+        self, model: M3Encoder | str = "BAAI/bge-m3", *, max_length: int = 8192, **encoder_kwargs: Any
+    ) -> None:
+        self.encoding = SharedEncoding(_encoder(model, encoder_kwargs), max_length=max_length)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Dense vectors of ``texts``."""
+        if not texts:
+            return []
+        return self.encoding.encode(texts).dense.tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Dense vector of one query."""
+        return self.embed_documents([text])[0]
+
+    def sparse(self, texts: Sequence[str]) -> list[dict[int, float]]:
+        """Sparse (lexical) weights of ``texts``: token id -> weight."""
+        if not texts:
+            return []
+        return [dict(s) for s in self.encoding.encode(texts).sparse]
+
+    def milvus_sparse(self) -> M3MilvusSparseEmbedding:
+        """The sparse adapter for langchain-milvus, sharing this encoder and cache."""
+        from m3ingest.retrievers.milvus_sparse import M3MilvusSparseEmbedding
+
+        return M3MilvusSparseEmbedding(self)
+
+    def qdrant_sparse(self) -> M3QdrantSparseEmbeddings:
+        """The sparse adapter for langchain-qdrant, sharing this encoder and cache."""
+        from m3ingest.retrievers.qdrant_sparse import M3QdrantSparseEmbeddings
+
+        return M3QdrantSparseEmbeddings(self)

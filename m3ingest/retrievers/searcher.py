@@ -1,0 +1,272 @@
+"""A framework-free searcher over an ingested collection: dense, sparse, hybrid and M3 modes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+
+from m3ingest.config import Config, load_config
+from m3ingest.connectors import ChunkRecord, Fusion, VectorStore
+from m3ingest.retrievers.batching import QueryBatcher, QueryVectors
+
+if TYPE_CHECKING:
+    from m3ingest.encoder import M3Encoder
+
+Mode = Literal["dense", "sparse", "hybrid", "m3"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+#: Payload fields copied into every result's metadata (next to the user's own metadata).
+_BUILTIN_FIELDS = ("source", "chunk_index", "start", "end", "content_hash")
+
+
+@dataclass
+class SearchResult:
+    """One retrieved chunk: its id, text, metadata and the scores that ranked it.
+
+    ``metadata`` holds the user's metadata, ``headings`` and the built-in fields ``source``,
+    ``chunk_index``, ``start``, ``end`` and ``content_hash``. ``scores`` has one entry per score
+    computed (``{"hybrid": ...}``, or ``{"dense", "sparse", "colbert", "m3"}`` in the M3 mode);
+    ``score`` is the one the results are ordered by.
+    """
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    scores: dict[str, float]
+    score: float
+
+
+@dataclass(frozen=True)
+class _Call:
+    """The settings of one search: the searcher's defaults with the per-call values applied."""
+
+    k: int
+    mode: str
+    filter: Mapping[str, Any] | None
+
+
+def _result(record: ChunkRecord, scores: dict[str, float], key: str) -> SearchResult:
+    metadata = dict(record.metadata or {})
+    metadata.update({name: getattr(record, name) for name in _BUILTIN_FIELDS})
+    return SearchResult(record.id, record.text, metadata, scores, scores[key])
+
+
+def _combine(default: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if not default:
+        return extra or None
+    if not extra:
+        return default
+    return {"$and": [dict(default), dict(extra)]}
+
+
+class M3Searcher:
+    """Searches one collection of a ``VectorStore`` with queries encoded by BGE-M3.
+
+    Modes: ``dense``, ``sparse``, ``hybrid`` (fused by the database with ``fusion``: RRF or
+    weighted) and ``m3``: the top ``candidates`` of the dense and of the sparse search, re-ranked
+    by ``m3_weights`` · (dense, lexical, ColBERT) scores computed from the vectors (the paper's
+    hybrid retrieval). ColBERT vectors come from the store when it holds them, otherwise the
+    candidates' texts are re-encoded.
+
+    A ``filter`` given at construction scopes every search; a per-call filter narrows it further.
+    ``search`` may be called from many threads at once; concurrent queries share encoder batches.
+    """
+
+    def __init__(
+        self,
+        store: VectorStore,
+        encoder: M3Encoder,
+        collection: str,
+        mode: Mode = "hybrid",
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        fusion: Fusion = Fusion(),
+        candidates: int = 100,
+        m3_weights: tuple[float, float, float] = (0.4, 0.2, 0.4),
+        max_length: int = 8192,
+        owns_store: bool = False,
+    ) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.collection = collection
+        self.mode = self._check_mode(mode)
+        self.k = self._check_k(k)
+        self.filter = dict(filter) if filter else None
+        self.fusion = fusion
+        self.candidates = self._check_k(candidates, "candidates")
+        self.m3_weights = tuple(m3_weights)
+        self.max_length = max_length
+        self._owns_store = owns_store
+        self._batcher = QueryBatcher(encoder, max_length=max_length)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config | str | os.PathLike[str] | None = None,
+        encoder: M3Encoder | None = None,
+        store: VectorStore | None = None,
+    ) -> "M3Searcher":
+        """A searcher set up by a configuration (a ``Config`` or a TOML file, as ingestion uses).
+
+        The ``[store]`` section picks the database and collection (or alias), ``[model]`` the
+        checkpoint that encodes queries, ``[search]`` the defaults. ``encoder`` and ``store`` reuse
+        objects already open; a store opened here is closed by ``close()``.
+        """
+        if not isinstance(config, Config):
+            config = load_config(Path(config) if config is not None else None)
+        if encoder is None:
+            from m3ingest.encoder import M3Encoder
+
+            model = config.model
+            encoder = M3Encoder(
+                model.name, device=model.device, dtype=model.dtype, batch_tokens=model.batch_tokens
+            )
+        owns_store = store is None
+        if store is None:
+            from m3ingest.connectors import store_from_config
+
+            store = store_from_config(config.store)
+        search = config.search
+        return cls(
+            store,
+            encoder,
+            config.store.collection,
+            mode=search.mode,
+            k=search.k,
+            filter=search.filter,
+            fusion=Fusion(search.fusion, k=search.rrf_k, weights=tuple(search.weights)),
+            candidates=search.candidates,
+            m3_weights=tuple(search.m3_weights),
+            max_length=config.model.max_length,
+            owns_store=owns_store,
+        )
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        mode: Mode | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[SearchResult]:
+        """The ``k`` best chunks for ``query``, best first."""
+        call = self._call(k, mode, filter)
+        q = self._encode(query, call.mode)
+        if call.mode != "m3":
+            return self._fused(q, call)
+        return self._rerank(q, self._candidates(q, call), call.k)
+
+    async def asearch(
+        self,
+        query: str,
+        k: int | None = None,
+        mode: Mode | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[SearchResult]:
+        """``search`` without blocking the event loop: encoding and store calls run in threads."""
+        call = self._call(k, mode, filter)
+        q = await self._in_thread(self._encode, query, call.mode)
+        if call.mode != "m3":
+            return await self._in_thread(self._fused, q, call)
+        candidates = await self._in_thread(self._candidates, q, call)
+        return await self._in_thread(self._rerank, q, candidates, call.k)
+
+    def close(self) -> None:
+        """Close the store when this searcher opened it."""
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> "M3Searcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    async def _in_thread(func: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(func, *args))
+
+    @staticmethod
+    def _check_mode(mode: str) -> str:
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        return mode
+
+    @staticmethod
+    def _check_k(k: int, name: str = "k") -> int:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"{name} must be a positive integer, got {k!r}")
+        return k
+
+    def _call(self, k: int | None, mode: str | None, filter: Mapping[str, Any] | None) -> _Call:
+        return _Call(
+            k=self.k if k is None else self._check_k(k),
+            mode=self.mode if mode is None else self._check_mode(mode),
+            filter=_combine(self.filter, filter),
+        )
+
+    def _encode(self, query: str, mode: str) -> QueryVectors:
+        return self._batcher.encode(query, colbert=mode == "m3")
+
+    def _fused(self, q: QueryVectors, call: _Call) -> list[SearchResult]:
+        hits = self.store.search(
+            self.collection,
+            dense=q.dense if call.mode != "sparse" else None,
+            sparse=q.sparse if call.mode != "dense" else None,
+            mode=call.mode,
+            k=call.k,
+            filter=call.filter,
+            fusion=self.fusion,
+            candidates=max(self.candidates, call.k) if call.mode == "hybrid" else None,
+        )
+        return [_result(h.record, {call.mode: float(h.score)}, call.mode) for h in hits]
+
+    def _candidates(self, q: QueryVectors, call: _Call) -> list[ChunkRecord]:
+        """The union of the dense and sparse top candidates, fetched with their vectors."""
+        n = max(self.candidates, call.k)
+        dense = self.store.search(
+            self.collection, dense=q.dense, mode="dense", k=n, filter=call.filter
+        )
+        sparse = self.store.search(
+            self.collection, sparse=q.sparse, mode="sparse", k=n, filter=call.filter
+        )
+        ids = list(dict.fromkeys(h.id for h in (*dense, *sparse)))
+        if not ids:
+            return []
+        records = self.store.get(self.collection, ids, with_vectors=True)
+        missing = [r for r in records if r.colbert is None]
+        if missing:
+            out = self.encoder.encode(
+                [r.text for r in missing],
+                dense=False,
+                sparse=False,
+                colbert=True,
+                max_length=self.max_length,
+            )
+            for record, vectors in zip(missing, out.colbert):
+                record.colbert = vectors
+        return records
+
+    def _rerank(self, q: QueryVectors, records: Sequence[ChunkRecord], k: int) -> list[SearchResult]:
+        from m3ingest.encoder import colbert_score, dense_score, lexical_score, m3_score
+
+        scored = []
+        for record in records:
+            scores = {
+                "dense": dense_score(q.dense, record.dense),
+                "sparse": lexical_score(q.sparse, record.sparse or {}),
+                "colbert": colbert_score(q.colbert, record.colbert),
+            }
+            scores["m3"] = m3_score(
+                scores["dense"], scores["sparse"], scores["colbert"], weights=self.m3_weights
+            )
+            scored.append(_result(record, {n: float(s) for n, s in scores.items()}, "m3"))
+        scored.sort(key=lambda r: r.score, reverse=True)
+        return scored[:k]
+
