@@ -44,6 +44,7 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     endpoint = os.environ.get("HF_ENDPOINT") or None
+    local = repo_id.split("/")[-1]
     try:
         return Path(
             snapshot_download(
@@ -57,8 +58,8 @@ def _download(repo_id: str) -> Path:
         raise CheckpointError(
             f"could not get {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
             f"Download it where the hub is reachable, e.g. "
-            f"`huggingface-cli download {repo_id} --local-dir ./bge-m3`, then pass that directory: "
-            f"M3Encoder('./bge-m3'), `--model ./bge-m3` or M3INGEST_MODEL__NAME=./bge-m3"
+            f"`hf download {repo_id} --local-dir ./{local}`, then pass that directory: "
+            f"M3Encoder('./{local}'), `--model ./{local}` or M3INGEST_MODEL__NAME=./{local}"
         ) from exc
 
 

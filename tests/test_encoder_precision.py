@@ -1,0 +1,75 @@
+"""Device and precision choice, and what bf16 keeps compared with fp32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m3ingest.encoder import M3Encoder
+from m3ingest.encoder.precision import cpu_has_native_bf16, resolve_devices, resolve_dtype
+from m3ingest.encoder.random_checkpoint import build_random_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "tiny-m3"
+
+
+def test_auto_dtype_on_cpu_follows_native_bf16():
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_devices():
+    assert resolve_devices("cpu") == [torch.device("cpu")]
+    assert resolve_devices(["cpu", "cpu"]) == [torch.device("cpu")] * 2
+    if not torch.cuda.is_available():
+        assert resolve_devices(None) == [torch.device("cpu")]
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_devices("cuda:1")
+
+
+def test_encoder_reports_the_dtype_used(caplog):
+    with caplog.at_level("INFO", logger="m3ingest.encoder"):
+        enc = M3Encoder(TINY, device="cpu", dtype="bfloat16")
+    assert enc.dtype == torch.bfloat16
+    assert "bfloat16" in caplog.text
+    assert enc.encode(["a b"]).dense.dtype == np.float32
+
+
+def _top(sparse: dict[int, float], k: int = 10) -> list[int]:
+    return sorted(sparse, key=sparse.get, reverse=True)[:k]
+
+
+def _assert_bf16_keeps_fp32_results(checkpoint: Path, texts: list[str], tie: float) -> None:
+    fp32 = M3Encoder(checkpoint, device="cpu", dtype="float32").encode(texts, max_length=512)
+    bf16 = M3Encoder(checkpoint, device="cpu", dtype="bfloat16").encode(texts, max_length=512)
+    cosine = (fp32.dense * bf16.dense).sum(axis=1)
+    assert cosine.min() >= 0.999
+    for a, b in zip(fp32.sparse, bf16.sparse):
+        if len(a) <= 10:
+            assert set(a) == set(b)
+            continue
+        # Random weights give near-ties at the 10th place, closer than bf16's ~1% error;
+        # tokens clearly inside (or outside) the fp32 top 10 must be so in bf16 too.
+        tenth = a[_top(a)[-1]]
+        sure_in = {t for t, w in a.items() if w > tenth + tie}
+        maybe = {t for t, w in a.items() if w >= tenth - tie}
+        assert sure_in <= set(_top(b)) <= maybe
+
+
+def test_bf16_keeps_dense_cosine_and_top_sparse_tokens_on_the_fixture():
+    texts = json.loads((FIXTURES / "tiny-m3-texts.json").read_text())
+    _assert_bf16_keeps_fp32_results(TINY, texts, tie=0.0)
+
+
+def test_bf16_keeps_results_on_a_wider_random_checkpoint(tmp_path):
+    texts = json.loads((FIXTURES / "tiny-m3-texts.json").read_text())
+    ckpt = build_random_checkpoint(tmp_path / "m3-256", TINY, layers=2, hidden=256, heads=4)
+    _assert_bf16_keeps_fp32_results(ckpt, texts, tie=2e-2)
