@@ -1,0 +1,118 @@
+"""Zero-downtime rebuilds on both engines: versions, the atomic alias switch, failures, migration."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from m3ingest.connectors import ChunkRecord
+from m3ingest.rebuild import RebuildError, rebuild_with, versions
+
+DIM = 8
+
+
+def chunk(source: str, text: str) -> ChunkRecord:
+    rng = np.random.default_rng(abs(hash(text)) % 2**32)
+    v = rng.normal(size=DIM).astype(np.float32)
+    return ChunkRecord(
+        id=str(uuid.uuid5(uuid.NAMESPACE_URL, source + text)),
+        text=text,
+        source=source,
+        chunk_index=0,
+        start=0,
+        end=len(text),
+        content_hash=text,
+        dense=v / np.linalg.norm(v),
+        sparse={1: 0.5},
+    )
+
+
+def builder(store, texts: list[str]):
+    def build(collection: str) -> int:
+        store.ensure_collection(collection, DIM)
+        store.upsert(collection, [chunk(f"{t}.md", t) for t in texts])
+        return len(texts)
+
+    return build
+
+
+def check(store):
+    def verify(collection: str, built: int) -> int:
+        n = store.count(collection)
+        if n != built:
+            raise RebuildError(f"{collection} holds {n} chunks, expected {built}")
+        return n
+
+    return verify
+
+
+def texts_behind(store, name: str) -> set[str]:
+    return {r.text for hit in store.ids_by_source(name).values() for r in store.get(name, list(hit))}
+
+
+@pytest.fixture
+def alias(store):
+    name = f"r_{uuid.uuid4().hex[:10]}"
+    yield name
+    store.drop_alias(name)
+    for collection in [name, *versions(store, name).values()]:
+        store.drop_collection(collection)
+
+
+def test_rebuild_switches_the_alias_and_keeps_the_last_versions(store, alias) -> None:
+    dropped_records = []
+    first = rebuild_with(store, alias, builder(store, ["a", "b"]), check(store), on_drop=dropped_records.append)
+    assert (first.collection, first.previous, first.chunks) == (f"{alias}__v1", None, 2)
+    assert store.resolve_alias(alias) == f"{alias}__v1"
+    assert texts_behind(store, alias) == {"a", "b"}
+
+    second = rebuild_with(store, alias, builder(store, ["a", "c", "d"]), check(store), keep=2)
+    assert second.previous == f"{alias}__v1" and second.dropped == []
+    assert store.resolve_alias(alias) == f"{alias}__v2"
+    assert texts_behind(store, alias) == {"a", "c", "d"}
+
+    third = rebuild_with(store, alias, builder(store, ["e"]), check(store), keep=1, on_drop=dropped_records.append)
+    assert third.dropped == [f"{alias}__v2", f"{alias}__v1"]
+    assert sorted(versions(store, alias).values()) == [f"{alias}__v3"]
+    assert dropped_records == [f"{alias}__v2", f"{alias}__v1"]
+    assert texts_behind(store, alias) == {"e"}
+
+
+def test_queries_use_the_old_version_during_the_build_and_a_failed_check_keeps_it(store, alias) -> None:
+    rebuild_with(store, alias, builder(store, ["old"]), check(store))
+    seen_during_build = []
+
+    def failing_build(collection: str) -> int:
+        builder(store, ["new1", "new2"])(collection)
+        seen_during_build.append(texts_behind(store, alias))
+        return 3  # the check expects more chunks than were written: the new version is refused
+
+    with pytest.raises(RebuildError):
+        rebuild_with(store, alias, failing_build, check(store))
+    assert seen_during_build == [{"old"}]
+    assert store.resolve_alias(alias) == f"{alias}__v1"
+    assert list(versions(store, alias).values()) == [f"{alias}__v1"], "the failed version is dropped"
+    assert texts_behind(store, alias) == {"old"}
+
+
+def test_a_build_that_crashes_leaves_the_alias_and_its_leftover_is_cleaned(store, alias) -> None:
+    rebuild_with(store, alias, builder(store, ["old"]), check(store))
+    # As if a rebuild had been killed after creating its collection: a version nobody points at.
+    builder(store, ["half"])(f"{alias}__v2")
+    result = rebuild_with(store, alias, builder(store, ["next"]), check(store))
+    assert result.collection == f"{alias}__v3"
+    assert sorted(versions(store, alias).values()) == [f"{alias}__v3"]
+    assert texts_behind(store, alias) == {"next"}
+
+
+def test_first_rebuild_migrates_a_plain_collection_of_the_alias_name(store, alias) -> None:
+    builder(store, ["plain"])(alias)
+    dropped_records = []
+    result = rebuild_with(store, alias, builder(store, ["v1"]), check(store), on_drop=dropped_records.append)
+    assert result.migrated and result.previous == alias
+    assert store.resolve_alias(alias) == f"{alias}__v1"
+    assert alias not in store.list_collections()
+    assert dropped_records == [alias]
+    assert texts_behind(store, alias) == {"v1"}
