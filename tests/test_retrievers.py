@@ -12,7 +12,7 @@ from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda
 
 from m3ingest.config import load_config
-from m3ingest.connectors import Fusion, open_store
+from m3ingest.connectors import Fusion, StoreError
 from m3ingest.encoder import M3Encoder, colbert_score, dense_score, lexical_score, m3_score
 from m3ingest.retrievers import M3Retriever, M3Searcher, SearchResult
 
@@ -287,3 +287,10 @@ def test_search_results_are_plain_dataclasses(searcher):
     result = searcher.search(QUERIES[0], k=1)[0]
     assert isinstance(result, SearchResult)
     assert isinstance(result.score, float) and uuid.UUID(result.id)
+
+
+def test_empty_query_and_missing_collection(store, encoder, searcher):
+    for mode in ("dense", "sparse", "hybrid", "m3"):
+        assert len(searcher.search("", mode=mode)) == (0 if mode == "sparse" else searcher.k)
+    with pytest.raises(StoreError, match="no collection 'absent'.*m3ingest ingest"):
+        M3Searcher(store, encoder, "absent").search(QUERIES[0])

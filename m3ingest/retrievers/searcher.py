@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 
 from m3ingest.config import Config, load_config
-from m3ingest.connectors import ChunkRecord, Fusion, VectorStore
+from m3ingest.connectors import ChunkRecord, Fusion, SearchHit, StoreError, VectorStore
 from m3ingest.retrievers.batching import QueryBatcher, QueryVectors
 
 if TYPE_CHECKING:
@@ -214,9 +214,27 @@ class M3Searcher:
     def _encode(self, query: str, mode: str) -> QueryVectors:
         return self._batcher.encode(query, colbert=mode == "m3")
 
+    def _explain(self, error: StoreError) -> StoreError:
+        """The store's error, or a clearer one when the collection does not exist."""
+        try:
+            exists = self.store.has_collection(self.collection)
+        except StoreError:
+            return error
+        if exists:
+            return error
+        return StoreError(
+            f"{self.store.backend}: there is no collection '{self.collection}' to search; ingest "
+            "documents into it first (m3ingest ingest PATH) or set store.collection to an existing one"
+        )
+
+    def _store_search(self, **kwargs: Any) -> list[SearchHit]:
+        try:
+            return self.store.search(self.collection, **kwargs)
+        except StoreError as e:
+            raise self._explain(e) from e
+
     def _fused(self, q: QueryVectors, call: _Call) -> list[SearchResult]:
-        hits = self.store.search(
-            self.collection,
+        hits = self._store_search(
             dense=q.dense if call.mode != "sparse" else None,
             sparse=q.sparse if call.mode != "dense" else None,
             mode=call.mode,
@@ -230,12 +248,8 @@ class M3Searcher:
     def _candidates(self, q: QueryVectors, call: _Call) -> list[ChunkRecord]:
         """The union of the dense and sparse top candidates, fetched with their vectors."""
         n = max(self.candidates, call.k)
-        dense = self.store.search(
-            self.collection, dense=q.dense, mode="dense", k=n, filter=call.filter
-        )
-        sparse = self.store.search(
-            self.collection, sparse=q.sparse, mode="sparse", k=n, filter=call.filter
-        )
+        dense = self._store_search(dense=q.dense, mode="dense", k=n, filter=call.filter)
+        sparse = self._store_search(sparse=q.sparse, mode="sparse", k=n, filter=call.filter)
         ids = list(dict.fromkeys(h.id for h in (*dense, *sparse)))
         if not ids:
             return []
