@@ -69,6 +69,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def split_utf8(text: str, limit: int = VARCHAR_MAX) -> list[str]:
     """``text`` cut into pieces of at most ``limit`` UTF-8 bytes, never inside a character."""
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return [text]
     data = text.encode("utf-8")
     parts: list[str] = []
     pos = 0
@@ -268,7 +270,7 @@ class MilvusStore(VectorStore):
             "content_hash": r.content_hash,
             "metadata": r.metadata,
             "dense": np.asarray(r.dense, dtype=np.float32).tolist(),
-            "sparse": {int(i): float(w) for i, w in r.sparse.items()},
+            "sparse": r.sparse if isinstance(r.sparse, dict) else dict(r.sparse),
         }
         if colbert_field:
             row["colbert"] = encode_colbert(r.colbert) if r.colbert is not None else []
