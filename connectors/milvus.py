@@ -34,6 +34,9 @@ VARCHAR_MAX = 65535
 TEXT_PARTS_MAX = 256
 #: Most parts of one chunk's base64 ColBERT matrix (Milvus' largest ARRAY capacity).
 COLBERT_PARTS_MAX = 4096
+#: Milvus stores no empty sparse vector: a chunk without lexical weights gets this one token instead.
+#: No tokenizer has 2**32 - 2 tokens, so no query ever matches it; reads drop it again.
+EMPTY_SPARSE_TOKEN = 2**32 - 2
 #: Default request budget: half of Milvus' 64 MB gRPC limit leaves room for protobuf framing.
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
 
@@ -270,7 +273,7 @@ class MilvusStore(VectorStore):
             "content_hash": r.content_hash,
             "metadata": r.metadata,
             "dense": np.asarray(r.dense, dtype=np.float32).tolist(),
-            "sparse": r.sparse if isinstance(r.sparse, dict) else dict(r.sparse),
+            "sparse": (r.sparse if isinstance(r.sparse, dict) else dict(r.sparse)) or {EMPTY_SPARSE_TOKEN: 1.0},
         }
         if colbert_field:
             row["colbert"] = encode_colbert(r.colbert) if r.colbert is not None else []
@@ -335,7 +338,9 @@ class MilvusStore(VectorStore):
         )
         if "dense" in row:
             record.dense = np.asarray(row["dense"], dtype=np.float32)
-            record.sparse = {int(i): float(w) for i, w in _sparse_items(row["sparse"])}
+            sparse = {int(i): float(w) for i, w in _sparse_items(row["sparse"])}
+            sparse.pop(EMPTY_SPARSE_TOKEN, None)
+            record.sparse = sparse
             if dim is not None:
                 record.colbert = decode_colbert(row.get("colbert") or [], dim)
         return record

@@ -307,3 +307,16 @@ def test_reopened_store_serves_what_was_written(tmp_path, backend):
         assert s.count("c") == 3
         hit = s.search("c", dense=records[1].dense, sparse=records[1].sparse, k=1)[0]
         assert hit.id == records[1].id
+
+
+def test_chunk_without_lexical_weights(store, collection):
+    rng = np.random.default_rng(10)
+    store.ensure_collection(collection, DIM)
+    empty, other = make(rng, "a.md", 0), make(rng, "a.md", 1)
+    empty.sparse = {}
+    store.upsert(collection, [empty, other])
+    assert store.get(collection, [empty.id], with_vectors=True)[0].sparse == {}
+    everything = {t: 1.0 for t in range(50)}
+    assert [h.id for h in store.search(collection, sparse=everything, mode="sparse", k=5)] == [other.id]
+    hits = store.search(collection, dense=empty.dense, sparse={}, k=2)  # an empty lexical query
+    assert hits[0].id == empty.id
