@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 
-logger = logging.getLogger("m3ingest.encoder")
+# transformers 5 passes a 4-D attention mask through to SDPA unchanged.
+_TAKES_4D_BIAS = int(transformers.__version__.split(".")[0]) >= 5
 
 
 @dataclass
@@ -50,9 +51,7 @@ class M3Model(nn.Module):
         dtype: torch.dtype,
     ) -> None:
         super().__init__()
-        from transformers import AutoModel
-
-        backbone = AutoModel.from_pretrained(
+        backbone = transformers.AutoModel.from_pretrained(
             checkpoint, attn_implementation="sdpa", add_pooling_layer=False
         )
         self.backbone = backbone.to(device=device, dtype=dtype)
@@ -78,7 +77,9 @@ class M3Model(nn.Module):
         colbert: bool = False,
     ) -> DeviceOutputs:
         """The asked outputs for a right-padded batch."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=self._attention_bias(attention_mask)
+        ).last_hidden_state
         out = DeviceOutputs()
         if dense:
             out.dense = F.normalize(hidden[:, 0].float(), dim=-1)
@@ -88,6 +89,19 @@ class M3Model(nn.Module):
             vectors = self.colbert_head(hidden[:, 1:][attention_mask[:, 1:].bool()].float())
             out.colbert = F.normalize(vectors, dim=-1)
         return out
+
+    def _attention_bias(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        # No mask when nothing is padded lets SDPA pick its fastest kernel. Otherwise a
+        # (batch, 1, 1, length) additive bias, which SDPA broadcasts, instead of the
+        # (batch, 1, length, length) mask transformers would expand a 2-D mask into.
+        if bool(attention_mask.all()):
+            return None
+        if not _TAKES_4D_BIAS:
+            return attention_mask
+        dtype = self.backbone.dtype
+        bias = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+        bias.masked_fill_(attention_mask == 0, torch.finfo(dtype).min)
+        return bias[:, None, None, :]
 
     def _sparse(
         self, hidden: torch.Tensor, input_ids: torch.Tensor
