@@ -273,8 +273,10 @@ class MilvusStore(VectorStore):
             "content_hash": r.content_hash,
             "metadata": r.metadata,
             "dense": np.asarray(r.dense, dtype=np.float32).tolist(),
-            "sparse": (r.sparse if isinstance(r.sparse, dict) else dict(r.sparse)) or {EMPTY_SPARSE_TOKEN: 1.0},
+            "sparse": dict(r.sparse) if not isinstance(r.sparse, dict) else r.sparse,
         }
+        if not row["sparse"]:
+            row["sparse"] = {EMPTY_SPARSE_TOKEN: 1.0}
         if colbert_field:
             row["colbert"] = encode_colbert(r.colbert) if r.colbert is not None else []
             if len(row["colbert"]) > COLBERT_PARTS_MAX:
@@ -437,7 +439,10 @@ class MilvusStore(VectorStore):
                     timeout=self.timeout,
                 ),
             )
-        hits = [SearchHit(self._record({**hit["entity"], "id": hit["id"]}), float(hit["distance"])) for hit in result[0]]
+        hits = [
+            SearchHit(self._record({**hit["entity"], "id": hit["id"]}), float(hit["distance"]))
+            for hit in result[0]
+        ]
         if colbert is not None or with_vectors:
             full = {r.id: r for r in self.get(collection, [h.id for h in hits], with_vectors=True)}
             hits = [SearchHit(full[h.id], h.score) for h in hits if h.id in full]
@@ -451,10 +456,10 @@ class MilvusStore(VectorStore):
     # --- aliases ---------------------------------------------------------------------------------
 
     def set_alias(self, alias: str, collection: str) -> None:
-        if self.resolve_alias(alias) is None:
-            self._call(f"create alias '{alias}'", collection, lambda: self.client.create_alias(collection, alias))
-        else:
-            self._call(f"move alias '{alias}'", collection, lambda: self.client.alter_alias(collection, alias))
+        exists = self.resolve_alias(alias) is not None
+        point = self.client.alter_alias if exists else self.client.create_alias
+        verb = "move" if exists else "create"
+        self._call(f"{verb} alias '{alias}'", collection, lambda: point(collection, alias))
 
     def resolve_alias(self, alias: str) -> str | None:
         def describe() -> str | None:
@@ -501,7 +506,9 @@ def _requests(
             raise ValueError(f"{mode} search needs a sparse query vector")
         if sparse:  # nothing can match an empty lexical query
             query = {int(i): float(w) for i, w in sparse.items()}
-            requests.append(AnnSearchRequest([query], "sparse", {"metric_type": "IP"}, candidates, expr or None))
+            requests.append(
+                AnnSearchRequest([query], "sparse", {"metric_type": "IP"}, candidates, expr or None)
+            )
     return requests
 
 

@@ -104,7 +104,8 @@ class QdrantStore(VectorStore):
             lambda: self.client.create_collection(
                 collection,
                 vectors_config=vectors,
-                sparse_vectors_config={"sparse": models.SparseVectorParams()},  # no IDF: M3 weights are learned
+                # No IDF modifier: M3's sparse weights are learned and used as they are.
+                sparse_vectors_config={"sparse": models.SparseVectorParams()},
             ),
         )
         if not self.uri.startswith(("http://", "https://")):
@@ -346,7 +347,9 @@ class QdrantStore(VectorStore):
             raise ValueError(f"{mode} search needs a dense query vector")
         if mode in ("sparse", "hybrid") and sparse is None:
             raise ValueError(f"{mode} search needs a sparse query vector")
-        dense_q = {"query": np.asarray(dense, np.float32).tolist(), "using": "dense"} if dense is not None else {}
+        dense_q: dict[str, Any] = {}
+        if dense is not None:
+            dense_q = {"query": np.asarray(dense, np.float32).tolist(), "using": "dense"}
         sparse_q = {"query": _sparse(sparse), "using": "sparse"} if sparse is not None else {}
         if mode == "dense":
             return {**dense_q, "filter": flt}
