@@ -110,6 +110,8 @@ class MilvusStore(VectorStore):
     """Chunks in Milvus collections: a Milvus Lite file path or an ``http(s)://`` server URI."""
 
     backend = "milvus"
+    #: Rows per page when listing every chunk (``ids_by_source``).
+    scan_batch = 4096
 
     def __init__(
         self,
@@ -383,7 +385,9 @@ class MilvusStore(VectorStore):
     def ids_by_source(self, collection: str) -> dict[str, set[str]]:
         def scan() -> dict[str, set[str]]:
             out: dict[str, set[str]] = {}
-            it = self.client.query_iterator(collection, batch_size=4096, filter="", output_fields=["source"])
+            it = self.client.query_iterator(
+                collection, batch_size=self.scan_batch, filter="", output_fields=["source"]
+            )
             try:
                 while batch := it.next():
                     for row in batch:

@@ -52,6 +52,8 @@ class QdrantStore(VectorStore):
     """Chunks in Qdrant collections: ``:memory:``, a local folder, or an ``http(s)://`` server URL."""
 
     backend = "qdrant"
+    #: Points per page when listing every chunk (``ids_by_source``).
+    scan_batch = 2048
 
     def __init__(
         self,
@@ -283,7 +285,7 @@ class QdrantStore(VectorStore):
             offset = None
             while True:
                 points, offset = self.client.scroll(
-                    collection, limit=2048, offset=offset, with_payload=["source"], with_vectors=False
+                    collection, limit=self.scan_batch, offset=offset, with_payload=["source"], with_vectors=False
                 )
                 for p in points:
                     out.setdefault(p.payload["source"], set()).add(str(p.id))

@@ -9,11 +9,11 @@ import pytest
 
 @pytest.fixture(scope="module", params=["milvus", "qdrant"])
 def store(request, tmp_path_factory):
-    """A real embedded store (Milvus Lite file or Qdrant local folder), shared by one test module."""
+    """A real embedded store (a Milvus Lite file, or Qdrant local in memory), shared by one test module."""
     from m3ingest.connectors import RetryPolicy, open_store
 
     folder = tmp_path_factory.mktemp(request.param)
-    uri = str(folder / "m3.db") if request.param == "milvus" else str(folder / "qdrant")
+    uri = str(folder / "m3.db") if request.param == "milvus" else ":memory:"
     s = open_store(request.param, uri, retry_policy=RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.05))
     yield s
     s.close()

@@ -104,10 +104,14 @@ def test_delete_by_ids_and_by_source_leaves_no_orphan(store, collection):
 def test_ids_by_source_pages_through_many_rows(store, collection):
     rng = np.random.default_rng(4)
     store.ensure_collection(collection, DIM)
-    records = [make(rng, f"s{i % 7}.md", i) for i in range(2500)]
+    records = [make(rng, f"s{i % 7}.md", i) for i in range(350)]
     store.upsert(collection, records)
-    held = store.ids_by_source(collection)
-    assert sum(len(v) for v in held.values()) == 2500
+    store.scan_batch = 100
+    try:
+        held = store.ids_by_source(collection)
+    finally:
+        del store.scan_batch  # back to the class default
+    assert sum(len(v) for v in held.values()) == 350
     assert held["s3.md"] == {r.id for r in records if r.source == "s3.md"}
 
 
@@ -141,9 +145,17 @@ FILTER_CASES = [
 ]
 
 
-@pytest.fixture
-def filter_corpus(store, collection):
+@pytest.fixture(scope="module")
+def filter_collection(store):
+    name = f"filters_{uuid.uuid4().hex[:8]}"
+    yield name
+    store.drop_collection(name)
+
+
+@pytest.fixture(scope="module")
+def filter_corpus(store, filter_collection):
     rng = np.random.default_rng(6)
+    collection = filter_collection
     store.ensure_collection(collection, DIM)
     records = []
     for i in range(24):
@@ -160,7 +172,8 @@ def filter_corpus(store, collection):
 
 
 @pytest.mark.parametrize("spec,keep", FILTER_CASES, ids=[str(c[0]) for c in FILTER_CASES])
-def test_filters_select_exactly(store, collection, filter_corpus, spec, keep):
+def test_filters_select_exactly(store, filter_collection, filter_corpus, spec, keep):
+    collection = filter_collection
     want = {r.id for r in filter_corpus if keep(r)}
     query = filter_corpus[0]
     hits = store.search(collection, dense=query.dense, mode="dense", k=100, filter=spec)
@@ -170,9 +183,9 @@ def test_filters_select_exactly(store, collection, filter_corpus, spec, keep):
     assert {h.id for h in hits} <= want
 
 
-def test_bad_filter_names_the_key(store, collection, filter_corpus):
+def test_bad_filter_names_the_key(store, filter_collection, filter_corpus):
     with pytest.raises(FilterError, match="bogus"):
-        store.search(collection, dense=filter_corpus[0].dense, mode="dense", filter={"chunk_index": {"$bogus": 1}})
+        store.search(filter_collection, dense=filter_corpus[0].dense, mode="dense", filter={"chunk_index": {"$bogus": 1}})
 
 
 def test_schema_mismatch_names_the_difference(store, collection):
