@@ -16,7 +16,7 @@ from m3ingest.connectors import Fusion, StoreError
 from m3ingest.encoder import M3Encoder, colbert_score, dense_score, lexical_score, m3_score
 from m3ingest.retrievers import M3Retriever, M3Searcher, SearchResult
 
-from retrievers_corpus import CHUNKS, QUERIES, TINY_M3, build, rrf, ranked_lists, weighted
+from retrievers_corpus import CHUNKS, QUERIES, TINY_M3, SpreadEncoder, build, rrf, ranked_lists, weighted
 
 BUILTIN = ("source", "chunk_index", "start", "end", "content_hash")
 
@@ -40,6 +40,20 @@ def colbert_corpus(store, encoder):
     """(collection, records) of a collection that stores ColBERT vectors."""
     name = f"rc_{uuid.uuid4().hex[:10]}"
     records = build(store, encoder, name, colbert=True)
+    yield name, records
+    store.drop_collection(name)
+
+
+@pytest.fixture(scope="module")
+def spread(encoder):
+    return SpreadEncoder(encoder)
+
+
+@pytest.fixture(scope="module")
+def spread_corpus(store, spread):
+    """(collection, records) with well separated dense vectors, for exact ranking comparisons."""
+    name = f"rs_{uuid.uuid4().hex[:10]}"
+    records = build(store, spread, name)
     yield name, records
     store.drop_collection(name)
 
@@ -113,10 +127,10 @@ def test_m3_uses_stored_colbert_vectors_and_equals_re_encoding(store, encoder, c
 
 
 @pytest.mark.parametrize("query", QUERIES)
-def test_m3_reranks_the_union_of_the_dense_and_sparse_tops(store, encoder, corpus, query):
-    name, records = corpus
-    got = M3Searcher(store, encoder, name, mode="m3", candidates=3, k=3).search(query)
-    q = encoder.encode([query], colbert=True)
+def test_m3_reranks_the_union_of_the_dense_and_sparse_tops(store, spread, spread_corpus, query):
+    name, records = spread_corpus
+    got = M3Searcher(store, spread, name, mode="m3", candidates=3, k=3).search(query)
+    q = spread.encode([query], colbert=True)
     dense, sparse = ranked_lists(records, q.dense[0], q.sparse[0], candidates=3)
     union = [r for r in records if r.id in {*dense, *sparse}]
     expected = {
@@ -132,9 +146,10 @@ def test_m3_reranks_the_union_of_the_dense_and_sparse_tops(store, encoder, corpu
 
 
 @pytest.mark.parametrize("query", QUERIES)
-def test_dense_and_sparse_rankings_equal_brute_force(searcher, encoder, corpus, query):
-    records = corpus[1]
-    q = encoder.encode([query])
+def test_dense_and_sparse_rankings_equal_brute_force(store, spread, spread_corpus, query):
+    name, records = spread_corpus
+    searcher = M3Searcher(store, spread, name)
+    q = spread.encode([query])
     dense, sparse = ranked_lists(records, q.dense[0], q.sparse[0], candidates=len(records))
     for mode, expected in (("dense", dense), ("sparse", sparse)):
         got = searcher.search(query, mode=mode, k=5)
@@ -145,10 +160,10 @@ def test_dense_and_sparse_rankings_equal_brute_force(searcher, encoder, corpus, 
 
 @pytest.mark.parametrize("fusion", [Fusion.rrf(60), Fusion.rrf(5), Fusion.weighted(0.7, 0.3)])
 @pytest.mark.parametrize("query", QUERIES)
-def test_hybrid_fusion_equals_brute_force(store, encoder, corpus, fusion, query):
-    name, records = corpus
-    s = M3Searcher(store, encoder, name, mode="hybrid", fusion=fusion, candidates=5, k=4)
-    q = encoder.encode([query])
+def test_hybrid_fusion_equals_brute_force(store, spread, spread_corpus, fusion, query):
+    name, records = spread_corpus
+    s = M3Searcher(store, spread, name, mode="hybrid", fusion=fusion, candidates=5, k=4)
+    q = spread.encode([query])
     dense, sparse = ranked_lists(records, q.dense[0], q.sparse[0], candidates=5)
     if fusion.kind == "rrf":
         expected = rrf([dense, sparse], fusion.k)
@@ -210,10 +225,10 @@ class _ThreadProbe:
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "m3"])
-def test_concurrent_ainvoke_equals_invoke_and_leaves_the_loop_free(store, encoder, corpus, mode):
-    enc = _ThreadProbe(encoder, {"encode"})
+def test_concurrent_ainvoke_equals_invoke_and_leaves_the_loop_free(store, spread, spread_corpus, mode):
+    enc = _ThreadProbe(spread, {"encode"})
     db = _ThreadProbe(store, {"search", "get"})
-    retriever = M3Retriever(searcher=M3Searcher(db, enc, corpus[0], k=4), mode=mode)
+    retriever = M3Retriever(searcher=M3Searcher(db, enc, spread_corpus[0], k=4), mode=mode)
     queries = [QUERIES[i % len(QUERIES)] + f" {i}" for i in range(8)]
     expected = [retriever.invoke(q) for q in queries]
     enc.threads.clear(), db.threads.clear()

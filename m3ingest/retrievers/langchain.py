@@ -14,7 +14,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, model_validator
 
 from m3ingest.config import Config
-from m3ingest.retrievers.searcher import M3Searcher, Mode, SearchResult
+from m3ingest.retrievers.searcher import M3Searcher, Mode, SearchResult, combine_filters
 
 
 def to_document(result: SearchResult) -> Document:
@@ -63,13 +63,10 @@ class M3Retriever(BaseRetriever):
         return cls(config=config, **overrides)
 
     def _settings(self, k: int | None, mode: Mode | None, filter: Any) -> dict[str, Any]:
-        scope = self.filter
-        if scope and filter:
-            filter = {"$and": [scope, dict(filter)]}
         return {
             "k": k if k is not None else self.k,
             "mode": mode if mode is not None else self.mode,
-            "filter": filter if filter else scope,
+            "filter": combine_filters(self.filter, filter),
         }
 
     def _get_relevant_documents(

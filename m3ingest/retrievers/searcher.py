@@ -57,7 +57,10 @@ def _result(record: ChunkRecord, scores: dict[str, float], key: str) -> SearchRe
     return SearchResult(record.id, record.text, metadata, scores, scores[key])
 
 
-def _combine(default: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+def combine_filters(
+    default: Mapping[str, Any] | None, extra: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """A filter that holds where both hold (either may be None)."""
     if not default:
         return extra or None
     if not extra:
@@ -208,7 +211,7 @@ class M3Searcher:
         return _Call(
             k=self.k if k is None else self._check_k(k),
             mode=self.mode if mode is None else self._check_mode(mode),
-            filter=_combine(self.filter, filter),
+            filter=combine_filters(self.filter, filter),
         )
 
     def _encode(self, query: str, mode: str) -> QueryVectors:
