@@ -335,3 +335,23 @@ def test_chunk_without_lexical_weights(store, collection):
     assert [h.id for h in store.search(collection, sparse=everything, mode="sparse", k=5)] == [other.id]
     hits = store.search(collection, dense=empty.dense, sparse={}, k=2)  # an empty lexical query
     assert hits[0].id == empty.id
+
+
+def test_colbert_into_a_collection_without_it_is_a_store_error(store, collection):
+    rng = np.random.default_rng(11)
+    store.ensure_collection(collection, DIM)
+    with pytest.raises(StoreError, match=collection):
+        store.upsert(collection, [make(rng, colbert=True)])
+    assert store.count(collection) == 0
+
+
+def test_milvus_text_beyond_the_overflow_parts_is_refused_whole(tmp_path):
+    from m3ingest.connectors.milvus import TEXT_PARTS_MAX
+
+    rng = np.random.default_rng(12)
+    too_long = make(rng, "big.md", 1, text="x" * ((TEXT_PARTS_MAX + 1) * VARCHAR_MAX + 1))
+    with open_store("milvus", str(tmp_path / "m.db")) as s:
+        s.ensure_collection("c", DIM)
+        with pytest.raises(StoreError, match=r"chunk .* of big.md has 16842496 bytes of text, more than the 16842495.*chunk_size"):
+            s.upsert("c", [make(rng, "ok.md", 0), too_long])
+        assert s.count("c") == 0
