@@ -155,3 +155,17 @@ def compare(dense_a, sparse_a, dense_b, sparse_b, top: int = 10) -> dict[str, fl
         "sparse_same_top10": same_top / max(1, len(sparse_a)),
         "sparse_max_abs_diff": worst,
     }
+
+
+def fixed_length_corpus(n: int, tokenizer: Any, tokens: int, seed: int = 0) -> list[str]:
+    """``n`` stdlib-prose texts long enough that truncation to ``tokens`` ids leaves exactly that."""
+    rng = random.Random(seed)
+    words = " ".join(_prose()).split(" ")
+    sample = " ".join(words[:2000])
+    tokens_per_word = len(tokenizer(sample, add_special_tokens=False, verbose=False)["input_ids"]) / 2000
+    size = int(tokens / tokens_per_word * 1.3) + 16
+    texts = []
+    for _ in range(n):
+        start = rng.randrange(0, len(words) - size)
+        texts.append(" ".join(words[start : start + size]))
+    return texts

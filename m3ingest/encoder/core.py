@@ -84,6 +84,7 @@ class M3Encoder:
         self._replicas = replicas
         first = replicas[self.device]
         self.dtype: torch.dtype = first.backbone.dtype
+        self.config = first.backbone.config  # the backbone's transformers config
         self.dim: int = int(first.backbone.config.hidden_size)
         self.colbert_dim: int | None = (
             first.colbert_head.out_features if first.colbert_head is not None else None
