@@ -280,6 +280,11 @@ class MilvusStore(VectorStore):
         if not row["sparse"]:
             row["sparse"] = {EMPTY_SPARSE_TOKEN: 1.0}
         if colbert_field:
+            if r.colbert is not None and np.shape(r.colbert)[1:] != (len(row["dense"]),):
+                raise StoreError(
+                    f"milvus: ColBERT vectors of chunk {r.id} have shape {np.shape(r.colbert)}, "
+                    f"expected (tokens, {len(row['dense'])})"
+                )
             row["colbert"] = encode_colbert(r.colbert) if r.colbert is not None else []
             if len(row["colbert"]) > COLBERT_PARTS_MAX:
                 raise StoreError(f"milvus: ColBERT vectors of chunk {r.id} are too large to store")

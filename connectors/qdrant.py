@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -68,12 +69,12 @@ class QdrantStore(VectorStore):
         self.max_batch_bytes = max_batch_bytes
         self.retry_policy = retry_policy
         if uri == ":memory:":
-            factory: Callable[[], QdrantClient] = lambda: QdrantClient(location=":memory:")
+            kwargs: dict[str, Any] = {"location": ":memory:"}
         elif uri.startswith(("http://", "https://")):
-            factory = lambda: QdrantClient(url=uri, api_key=api_key, timeout=int(timeout))
+            kwargs = {"url": uri, "api_key": api_key, "timeout": int(timeout)}
         else:
-            factory = lambda: QdrantClient(path=uri)
-        self.client: QdrantClient = self._call(f"connect to {uri}", None, factory)
+            kwargs = {"path": str(Path(uri).expanduser())}
+        self.client: QdrantClient = self._call(f"connect to {uri}", None, lambda: QdrantClient(**kwargs))
 
     def _call(self, operation: str, collection: str | None, fn: Callable[[], T]) -> T:
         return retry.call(
