@@ -45,8 +45,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _sparse(vector: Mapping[int, float]) -> models.SparseVector:
-    items = sorted((int(i), float(w)) for i, w in vector.items())
-    return models.SparseVector(indices=[i for i, _ in items], values=[w for _, w in items])
+    return models.SparseVector(indices=[int(i) for i in vector], values=[float(w) for w in vector.values()])
 
 
 class QdrantStore(VectorStore):
@@ -203,7 +202,10 @@ class QdrantStore(VectorStore):
     def _point_bytes(p: models.PointStruct) -> int:
         v = p.vector
         floats = len(v["dense"]) + 2 * len(v["sparse"].indices) + sum(map(len, v.get("colbert", ())))
-        return 256 + 20 * floats + len(json.dumps(p.payload, ensure_ascii=False).encode("utf-8"))
+        payload = p.payload or {}
+        # JSON escapes take at most 6 bytes a character; metadata is small enough to measure.
+        text = 6 * (len(payload["text"]) + len(payload["source"]))
+        return 512 + 20 * floats + text + len(json.dumps(payload["metadata"]))
 
     def upsert(self, collection: str, records: Sequence[ChunkRecord]) -> None:
         points = [self._point(r) for r in records]
