@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-
 from m3ingest.config import Config, load_config
 from m3ingest.connectors import ChunkRecord, Fusion, SearchHit, StoreError, VectorStore
 from m3ingest.retrievers.batching import QueryBatcher, QueryVectors
