@@ -309,3 +309,15 @@ def test_empty_query_and_missing_collection(store, encoder, searcher):
         assert len(searcher.search("", mode=mode)) == (0 if mode == "sparse" else searcher.k)
     with pytest.raises(StoreError, match="no collection 'absent'.*m3ingest ingest"):
         M3Searcher(store, encoder, "absent").search(QUERIES[0])
+
+
+def test_retriever_from_keyword_arguments(store, encoder, corpus):
+    retriever = M3Retriever(store=store, encoder=encoder, collection=corpus[0], candidates=3, k=2, mode="m3")
+    assert retriever.searcher.candidates == 3 and len(retriever.invoke(QUERIES[0])) == 2
+    cfg = load_config(overrides={"store": {"backend": store.backend, "collection": corpus[0]}})
+    tuned = M3Retriever(config=cfg, store=store, encoder=encoder, fusion=Fusion.weighted(0.9, 0.1))
+    assert tuned.searcher.fusion == Fusion.weighted(0.9, 0.1) and tuned.searcher.k == cfg.search.k
+    with pytest.raises(ValueError, match="missing: collection"):
+        M3Retriever(store=store, encoder=encoder)
+    with pytest.raises(ValueError, match="not both"):
+        M3Retriever(searcher=retriever.searcher, config=cfg)

@@ -23,12 +23,18 @@ def to_document(result: SearchResult) -> Document:
     return Document(page_content=result.text, metadata=metadata, id=result.id)
 
 
+#: Keyword arguments that build the retriever's searcher instead of passing one.
+_SEARCHER_ARGS = {"config", "store", "encoder", "collection", "fusion", "candidates", "m3_weights"}
+
+
 class M3Retriever(BaseRetriever):
     """Retrieves chunks of an m3ingest collection for a query, as LangChain ``Document``s.
 
-    Build it from a searcher, ``M3Retriever(searcher=M3Searcher(...), k=4)``, or from the same
+    Build it from a searcher, ``M3Retriever(searcher=M3Searcher(...), k=4)``; from the same
     configuration the ingest job uses, ``M3Retriever(config="m3ingest.toml", mode="m3")``
-    (optionally with ``encoder=`` / ``store=`` to reuse open ones). ``k``, ``mode`` and ``filter``
+    (optionally with ``encoder=`` / ``store=`` to reuse open ones); or from the searcher's own
+    arguments, ``M3Retriever(store=store, encoder=encoder, collection="docs", candidates=50)``.
+    ``fusion``, ``candidates`` and ``m3_weights`` override the configuration's. ``k``, ``mode`` and ``filter``
     left unset take the searcher's defaults; each can also be given per call:
     ``retriever.invoke("query", k=3, mode="m3", filter={"source": "a.md"})``. A per-call filter
     narrows the retriever's own filter.
@@ -43,16 +49,27 @@ class M3Retriever(BaseRetriever):
 
     @model_validator(mode="before")
     @classmethod
-    def _searcher_from_config(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or "config" not in data:
+    def _build_searcher(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not _SEARCHER_ARGS & data.keys():
             return data
         data = dict(data)
-        config = data.pop("config")
-        encoder = data.pop("encoder", None)
-        store = data.pop("store", None)
         if "searcher" in data:
-            raise ValueError("give M3Retriever either searcher= or config=, not both")
-        data["searcher"] = M3Searcher.from_config(config, encoder=encoder, store=store)
+            raise ValueError(
+                "give M3Retriever either searcher= or the arguments to build one "
+                f"({', '.join(sorted(_SEARCHER_ARGS))}), not both"
+            )
+        args = {name: data.pop(name) for name in _SEARCHER_ARGS & data.keys()}
+        if "config" in args:
+            searcher = M3Searcher.from_config(args.pop("config"), **args)
+        else:
+            missing = {"store", "encoder", "collection"} - args.keys()
+            if missing:
+                raise ValueError(
+                    f"M3Retriever needs config= (a TOML file or Config), or store=, encoder= and "
+                    f"collection=; missing: {', '.join(sorted(missing))}"
+                )
+            searcher = M3Searcher(**args)
+        data["searcher"] = searcher
         return data
 
     @classmethod

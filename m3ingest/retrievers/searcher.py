@@ -113,12 +113,14 @@ class M3Searcher:
         config: Config | str | os.PathLike[str] | None = None,
         encoder: M3Encoder | None = None,
         store: VectorStore | None = None,
+        **settings: Any,
     ) -> "M3Searcher":
         """A searcher set up by a configuration (a ``Config`` or a TOML file, as ingestion uses).
 
         The ``[store]`` section picks the database and collection (or alias), ``[model]`` the
-        checkpoint that encodes queries, ``[search]`` the defaults. ``encoder`` and ``store`` reuse
-        objects already open; a store opened here is closed by ``close()``.
+        checkpoint that encodes queries, ``[search]`` the defaults, which ``settings`` (the
+        keyword arguments of ``M3Searcher``, e.g. ``candidates=50``) override. ``encoder`` and
+        ``store`` reuse objects already open; a store opened here is closed by ``close()``.
         """
         if not isinstance(config, Config):
             config = load_config(Path(config) if config is not None else None)
@@ -135,19 +137,17 @@ class M3Searcher:
 
             store = store_from_config(config.store)
         search = config.search
-        return cls(
-            store,
-            encoder,
-            config.store.collection,
-            mode=search.mode,
-            k=search.k,
-            filter=search.filter,
-            fusion=Fusion(search.fusion, k=search.rrf_k, weights=tuple(search.weights)),
-            candidates=search.candidates,
-            m3_weights=tuple(search.m3_weights),
-            max_length=config.model.max_length,
-            owns_store=owns_store,
-        )
+        defaults: dict[str, Any] = {
+            "collection": config.store.collection,
+            "mode": search.mode,
+            "k": search.k,
+            "filter": search.filter,
+            "fusion": Fusion(search.fusion, k=search.rrf_k, weights=tuple(search.weights)),
+            "candidates": search.candidates,
+            "m3_weights": tuple(search.m3_weights),
+            "max_length": config.model.max_length,
+        }
+        return cls(store, encoder, **{**defaults, **settings}, owns_store=owns_store)
 
     def search(
         self,
