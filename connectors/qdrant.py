@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -41,7 +40,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, UnexpectedResponse):
         return exc.status_code in _TRANSIENT_STATUS
-    return isinstance(exc, httpx.TransportError)
+    return False
 
 
 def _sparse(vector: Mapping[int, float]) -> models.SparseVector:
