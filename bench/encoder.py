@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from m3bench import (  # noqa: E402
 )
 
 from m3ingest.encoder import M3Encoder  # noqa: E402
-from m3ingest.encoder.precision import cpu_has_native_bf16  # noqa: E402
+from m3ingest.encoder.precision import DTYPES, cpu_has_native_bf16  # noqa: E402
 from m3ingest.encoder.random_checkpoint import build_random_checkpoint  # noqa: E402
 
 
@@ -81,18 +82,16 @@ def main() -> None:
     print("GEMM peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
 
     results: dict[str, dict] = {}
+    threads = torch.get_num_threads()
 
-    def record(name: str, seconds: float, dtype: str, dense, sparse) -> None:
-        if name in results and results[name]["seconds"] <= seconds:
-            return
-        results[name] = {
-            "seconds": seconds,
-            "tokens_per_s": tokens / seconds,
-            "gflops": flops / seconds / 1e9,
-            "peak_fraction": flops / seconds / peak[dtype],
-            "dtype": dtype,
-            "_out": (dense, sparse),
-        }
+    def record(name: str, wall: float, cpu_s: float, dtype: str, dense, sparse) -> None:
+        # Best wall time, and best process CPU time over threads: the rate had the process had
+        # the cores to itself, which other load on a shared machine disturbs less.
+        r = results.setdefault(name, {"seconds": float("inf"), "cpu_seconds": float("inf"), "dtype": dtype})
+        if wall < r["seconds"]:
+            r.update(seconds=wall, tokens_per_s=tokens / wall, _out=(dense, sparse))
+        if cpu_s / threads < r["cpu_seconds"]:
+            r.update(cpu_seconds=cpu_s / threads, cpu_tokens_per_s=tokens * threads / cpu_s)
 
     want = {"dense": True, "sparse": True, "colbert": args.colbert}
     runs: dict[str, tuple[str, object]] = {}
@@ -127,9 +126,12 @@ def main() -> None:
 
     def measure(name: str) -> None:
         dtype, fn = runs[name]
+        before = _process_cpu_seconds()
         seconds, (dense, sparse) = time_once(fn, cpu)
-        record(name, seconds, dtype, dense, sparse)
-        print(f"  {name:<26} {seconds:7.2f} s {tokens / seconds:9.0f} tok/s", flush=True)
+        cpu_s = _process_cpu_seconds() - before
+        record(name, seconds, cpu_s, dtype, dense, sparse)
+        print(f"  {name:<26} {seconds:7.2f} s {tokens / seconds:9.0f} tok/s "
+              f"(CPU time {cpu_s:6.2f} s: {tokens * threads / cpu_s:6.0f} tok/s)", flush=True)
 
     # Every run once (the FlagEmbedding sweep), then M3Encoder and FlagEmbedding's best batch
     # in turns, keeping each one's best time: other load on the machine hits both alike.
@@ -141,22 +143,30 @@ def main() -> None:
         for _ in range(args.repeat - 1):
             for name in [*(f"M3Encoder {d}" for d in encoders), best]:
                 measure(name)
-    print("best of each:")
+    for dtype in peak:  # again at the end: the best of both is the closest to the idle machine's
+        peak[dtype] = max(peak[dtype], gemm_peak(cpu, DTYPES[dtype]))
+    print("GEMM peak (best): " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()))
+    print("best of each (wall clock | by CPU time):")
     for name, r in results.items():
-        print(f"  {name:<26} {r['seconds']:7.2f} s {r['tokens_per_s']:9.0f} tok/s "
-              f"{r['gflops']:7.1f} GFLOP/s ({100 * r['peak_fraction']:.0f}% of {r['dtype']} GEMM peak)")
+        wall_gflops = flops / r["seconds"] / 1e9
+        cpu_gflops = flops / r["cpu_seconds"] / 1e9
+        r.update(gflops=wall_gflops, cpu_gflops=cpu_gflops, peak_fraction=cpu_gflops * 1e9 / peak[r["dtype"]])
+        print(f"  {name:<26} {r['tokens_per_s']:7.0f} tok/s {wall_gflops:6.1f} GFLOP/s | "
+              f"{r['cpu_tokens_per_s']:7.0f} tok/s {cpu_gflops:6.1f} GFLOP/s "
+              f"= {100 * r['peak_fraction']:.0f}% of the {r['dtype']} GEMM peak")
 
     summary: dict[str, float] = {}
     if "FlagEmbedding batch 256" in results:
-        default_rate = results["FlagEmbedding batch 256"]["tokens_per_s"]
-        best_rate = results[best]["tokens_per_s"]
         print(f"FlagEmbedding best: {best}")
-        for dtype in encoders:
-            rate = results[f"M3Encoder {dtype}"]["tokens_per_s"]
-            summary[f"{dtype}_vs_flag_default"] = rate / default_rate
-            summary[f"{dtype}_vs_flag_best"] = rate / best_rate
-            print(f"  M3Encoder {dtype}: {rate / default_rate:.2f}x FlagEmbedding defaults, "
-                  f"{rate / best_rate:.2f}x its best batch")
+        for key, label in (("tokens_per_s", "wall clock"), ("cpu_tokens_per_s", "CPU time")):
+            default_rate = results["FlagEmbedding batch 256"][key]
+            best_rate = max(results[k][key] for k in flag_names)
+            for dtype in encoders:
+                rate = results[f"M3Encoder {dtype}"][key]
+                summary[f"{dtype}_vs_flag_default ({label})"] = rate / default_rate
+                summary[f"{dtype}_vs_flag_best ({label})"] = rate / best_rate
+                print(f"  {label:<10} M3Encoder {dtype}: {rate / default_rate:5.2f}x FlagEmbedding defaults, "
+                      f"{rate / best_rate:5.2f}x its best batch")
         agree = compare(*results["M3Encoder float32"]["_out"], *results[best]["_out"])
         print("agreement M3Encoder fp32 vs FlagEmbedding:", _fmt(agree))
         summary["agreement_fp32"] = agree
@@ -168,6 +178,11 @@ def main() -> None:
         clean = {k: {kk: vv for kk, vv in v.items() if kk != "_out"} for k, v in results.items()}
         args.json.write_text(json.dumps({"runs": clean, "summary": summary, "tokens": tokens,
                                          "peak": peak, "args": vars(args) | {"cache": str(args.cache), "json": str(args.json)}}, indent=2))
+
+
+def _process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _fmt(values: dict[str, float]) -> str:

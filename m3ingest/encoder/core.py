@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,7 +186,10 @@ class M3Encoder:
         if colbert and not self._has["colbert"]:
             raise missing_head_error(self.path, COLBERT_HEAD, "colbert")
 
-    def _worker(self, device: torch.device, token_ids: Sequence[Sequence[int]], want: dict[str, bool]):
+    def _worker(
+        self, device: torch.device, token_ids: Sequence[Sequence[int]], want: dict[str, bool]
+    ) -> Callable[[list[int]], list[_Row]]:
+        """A function encoding one planned batch (indices into ``token_ids``) on ``device``."""
         replica = self._replicas[device]
 
         def describe(seqs: list[Sequence[int]]) -> str:
@@ -194,7 +197,8 @@ class M3Encoder:
 
         def after_oom() -> None:
             if device.type == "cuda":
-                torch.cuda.empty_cache()
+                with torch.cuda.device(device):
+                    torch.cuda.empty_cache()
 
         def work(batch: list[int]) -> list[_Row]:
             seqs = [token_ids[i] for i in batch]
