@@ -1,0 +1,166 @@
+"""Token-aware chunking with the M3 tokenizer: paragraph, sentence, line and word boundaries first.
+
+Each document is tokenized once with offsets to plan the chunks; each chunk's text is then
+tokenized on its own, so ``Chunk.token_ids`` is exactly ``tokenizer(chunk.text)["input_ids"]``
+(``<s> ... </s>``) and a chunk's ids depend on its text alone.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from typing import Any
+
+from m3ingest.sources import Document
+
+# Positions where a chunk may end (the start of the next piece), best first.
+_PARAGRAPH = re.compile(r"\n[ \t]*\n\s*")
+_SENTENCE = re.compile(r"[.!?\u2026][\"')\]\u201d\u2019]*\s+|[\u3002\uff01\uff1f]\s*")
+_LINE = re.compile(r"\n\s*")
+_WORD = re.compile(r"\s+")
+_NON_SPACE = re.compile(r"\S")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document: ``doc.text[start:end] == text``; ``token_ids`` include ``<s>`` and ``</s>``."""
+
+    index: int
+    text: str
+    start: int
+    end: int
+    headings: tuple[str, ...]
+    token_ids: list[int]
+
+
+class _Plan:
+    """Token starts and boundary positions of one document, for counting and choosing chunk ends."""
+
+    def __init__(self, text: str, token_starts: list[int]) -> None:
+        self.text = text
+        self.starts = token_starts
+        self.paragraph = [m.end() for m in _PARAGRAPH.finditer(text)]
+        self.sentence = [m.end() for m in _SENTENCE.finditer(text)]
+        self.line = [m.end() for m in _LINE.finditer(text)]
+        self.word = [m.end() for m in _WORD.finditer(text)]
+
+    def index(self, pos: int) -> int:
+        """The number of tokens that start before ``pos``."""
+        return bisect_left(self.starts, pos)
+
+    def count(self, a: int, b: int) -> int:
+        return self.index(b) - self.index(a)
+
+    def end_within(self, s: int, floor: int, budget: int, section_end: int) -> int:
+        """The best end for a chunk starting at ``s`` with at most ``budget`` tokens, beyond ``floor``."""
+        i0 = self.index(s)
+        if self.index(section_end) - i0 <= budget:
+            return section_end
+        limit = self.starts[i0 + budget]
+        # A boundary must leave at least half of the room for new (not overlapping) tokens.
+        half = (budget - self.count(s, floor)) // 2
+        for level, min_tokens in ((self.paragraph, half), (self.sentence, half), (self.line, half), (self.word, 1)):
+            k = bisect_right(level, limit) - 1
+            if k >= 0 and level[k] > floor and self.count(floor, level[k]) >= min_tokens:
+                return level[k]
+        if limit > floor:
+            return limit
+        # Tokens sharing a start offset (e.g. a lone "▁" piece): take the next distinct start.
+        k = bisect_right(self.starts, floor)
+        return self.starts[k] if k < len(self.starts) else section_end
+
+    def overlap_start(self, s: int, e: int, overlap: int) -> int:
+        """Where the next chunk starts so that it repeats about ``overlap`` tokens before ``e``."""
+        if overlap <= 0:
+            return e
+        ie = self.index(e)
+        it = max(ie - overlap, self.index(s) + 1)
+        if it >= ie:
+            return e
+        target = self.starts[it]
+        for level, min_tokens in ((self.sentence, overlap // 2), (self.word, 1)):
+            k = bisect_left(level, target)
+            if k < len(level) and level[k] < e and self.count(level[k], e) >= min_tokens:
+                return level[k] if level[k] > s else e
+        return target if s < target < e else e
+
+
+class Chunker:
+    """Splits a ``Document`` into chunks of at most ``chunk_size`` tokens (plus ``<s>`` and ``</s>``).
+
+    Chunks never cross a section boundary, so each has one heading path; consecutive chunks of a
+    section share about ``overlap`` tokens. ``tokenizer`` is a Hugging Face fast tokenizer, e.g.
+    ``M3Encoder.tokenizer``.
+    """
+
+    def __init__(self, tokenizer: Any, chunk_size: int = 512, overlap: int = 64) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1 token, got {chunk_size}")
+        if not 0 <= overlap < chunk_size:
+            raise ValueError(f"overlap must be between 0 and chunk_size - 1 ({chunk_size - 1}), got {overlap}")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("Chunker needs a Hugging Face fast tokenizer (it uses character offsets)")
+        self.tokenizer = tokenizer
+        self.chunk_size = chunk_size
+        self.overlap = overlap
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
+
+    def chunk(self, doc: Document) -> list[Chunk]:
+        """The chunks of ``doc`` in text order; none is empty or whitespace only."""
+        text = doc.text
+        if not text.strip():
+            return []
+        enc = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+        )
+        plan = _Plan(text, [a for a, _ in enc["offset_mapping"]])
+        chunks: list[Chunk] = []
+        for start, end, headings in _spans(doc):
+            for s, e, ids in self._split(plan, start, end):
+                chunks.append(Chunk(len(chunks), text[s:e], s, e, headings, ids))
+        return chunks
+
+    def _split(self, plan: _Plan, start: int, end: int) -> list[tuple[int, int, list[int]]]:
+        text = plan.text
+        out: list[tuple[int, int, list[int]]] = []
+        m = _NON_SPACE.search(text, start, end)
+        s = m.start() if m else end
+        floor = s
+        while s < end:
+            budget = self.chunk_size
+            while True:
+                e = plan.end_within(s, floor, budget, end)
+                e = s + len(text[s:e].rstrip())
+                ids = self._ids(text[s:e])
+                excess = len(ids) - (self.chunk_size + 2)
+                if excess <= 0 or budget <= 1:
+                    break
+                budget -= excess
+            if e > s:
+                out.append((s, e, ids))
+            if e >= end or not text[e:end].strip():
+                break
+            nxt = plan.overlap_start(s, e, self.overlap)
+            m = _NON_SPACE.search(text, nxt, end)
+            floor = max(e, s + 1)
+            s = m.start() if m else end
+        return out
+
+
+def _spans(doc: Document) -> list[tuple[int, int, tuple[str, ...]]]:
+    """The document's sections in order, with the text between them as sections without headings."""
+    spans: list[tuple[int, int, tuple[str, ...]]] = []
+    pos = 0
+    for sec in sorted(doc.sections, key=lambda x: x.start):
+        if sec.start > pos:
+            spans.append((pos, sec.start, ()))
+        start = max(sec.start, pos)
+        if sec.end > start:
+            spans.append((start, sec.end, sec.headings))
+        pos = max(pos, sec.end)
+    if pos < len(doc.text):
+        spans.append((pos, len(doc.text), ()))
+    return spans
