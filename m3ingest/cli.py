@@ -1,0 +1,251 @@
+"""The ``m3ingest`` command line: each command is a thin shell over the library function of its name.
+
+Errors a user can act on print one line on stderr and exit with an ``ExitCode``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+
+from m3ingest import api
+from m3ingest.config import ConfigError
+from m3ingest.errors import ExitCode, IngestError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Documents from folders into Milvus or Qdrant hybrid collections with BGE-M3, and back out.",
+)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML configuration file.")
+BackendOpt = typer.Option(None, help="Store backend: milvus or qdrant.")
+UriOpt = typer.Option(None, help="Milvus Lite file, Qdrant folder or :memory:, or http(s):// server.")
+CollectionOpt = typer.Option(None, help="Collection (or alias) name.")
+ModelOpt = typer.Option(None, help="BGE-M3 checkpoint: a Hugging Face name or a local folder.")
+DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: CUDA if available).")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary text.")
+LogOpt = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+
+
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    from m3ingest.redact import redact
+
+    typer.echo(f"m3ingest: {redact(message)}", err=True)
+    raise typer.Exit(int(code))
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one line on stderr and the matching exit code."""
+    from m3ingest.connectors import StoreError
+    from m3ingest.encoder import CheckpointError
+    from m3ingest.locking import CollectionLocked
+
+    try:
+        yield
+    except (ConfigError, IngestError, CheckpointError) as e:
+        _fail(str(e), ExitCode.CONFIG_ERROR)
+    except CollectionLocked as e:
+        _fail(str(e), ExitCode.LOCKED)
+    except StoreError as e:
+        _fail(str(e), ExitCode.STORE_UNAVAILABLE)
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitCode.FILES_FAILED)
+
+
+def _setup(log_level: Optional[str]) -> None:
+    from m3ingest.logs import setup_logging
+
+    try:
+        setup_logging(log_level)
+    except ValueError as e:
+        _fail(str(e), ExitCode.CONFIG_ERROR)
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[], list[str]], quiet: bool) -> None:
+    from m3ingest.redact import redact_data
+
+    if as_json:
+        typer.echo(json.dumps(redact_data(data), indent=2, default=str))
+    elif not quiet:
+        for line in text():
+            typer.echo(line)
+
+
+def _run_ingest(
+    paths: list[Path],
+    delete: bool,
+    config: Optional[Path],
+    report: Optional[Path],
+    as_json: bool,
+    quiet: bool,
+    log_level: Optional[str],
+    **overrides: Any,
+) -> None:
+    _setup(log_level)
+    with _user_errors():
+        summary = api.ingest(
+            paths,
+            config,
+            delete=delete,
+            progress=not quiet and not as_json,
+            **overrides,
+        )
+    data = summary.to_dict()
+    if report is not None:
+        from m3ingest.redact import redact_data
+
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(redact_data(data), indent=2) + "\n", encoding="utf-8")
+    _emit(data, as_json, summary.lines, quiet)
+    raise typer.Exit(int(summary.exit_code))
+
+
+def _ingest_command(delete_default: bool, doc: str) -> Callable[..., None]:
+    def command(
+        paths: list[Path] = typer.Argument(..., help="Folders to ingest."),
+        config: Optional[Path] = ConfigOpt,
+        backend: Optional[str] = BackendOpt,
+        uri: Optional[str] = UriOpt,
+        collection: Optional[str] = CollectionOpt,
+        model: Optional[str] = ModelOpt,
+        device: Optional[str] = DeviceOpt,
+        chunk_size: Optional[int] = typer.Option(None, help="Chunk size in tokens."),
+        overlap: Optional[int] = typer.Option(None, help="Overlap between chunks in tokens."),
+        include: Optional[list[str]] = typer.Option(None, help="Glob of files to read (repeat)."),
+        exclude: Optional[list[str]] = typer.Option(None, help="Glob of files to skip (repeat)."),
+        delete: bool = typer.Option(
+            delete_default, "--delete/--keep", help="Delete chunks of sources no longer there."
+        ),
+        report: Optional[Path] = typer.Option(None, help="Write the run summary as JSON here."),
+        as_json: bool = JsonOpt,
+        quiet: bool = QuietOpt,
+        log_level: Optional[str] = LogOpt,
+    ) -> None:
+        _run_ingest(
+            paths,
+            delete,
+            config,
+            report,
+            as_json,
+            quiet,
+            log_level,
+            backend=backend,
+            uri=uri,
+            collection=collection,
+            model=model,
+            device=device,
+            chunk_size=chunk_size,
+            overlap=overlap,
+            include=include or None,
+            exclude=exclude or None,
+        )
+
+    command.__doc__ = doc
+    return command
+
+
+app.command("ingest")(
+    _ingest_command(False, "Ingest folders: new and changed files are encoded, unchanged skipped.")
+)
+app.command("sync")(
+    _ingest_command(True, "Like ingest, and delete the chunks of files that disappeared.")
+)
+
+
+@app.command("search")
+def search_command(
+    query: str = typer.Argument(..., help="The query text."),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="Number of results."),
+    mode: Optional[str] = typer.Option(None, help="dense, sparse, hybrid or m3."),
+    filter: Optional[str] = typer.Option(None, help='Metadata filter as JSON, e.g. {"source": "a.md"}.'),
+    config: Optional[Path] = ConfigOpt,
+    backend: Optional[str] = BackendOpt,
+    uri: Optional[str] = UriOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    log_level: Optional[str] = LogOpt,
+) -> None:
+    """Search the collection."""
+    _setup(log_level)
+    with _user_errors():
+        try:
+            where = json.loads(filter) if filter else None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--filter is not valid JSON: {e}") from None
+        try:
+            results = api.search(
+                query, config, k=k, mode=mode, filter=where,
+                backend=backend, uri=uri, collection=collection, model=model, device=device,
+            )
+        except ValueError as e:  # unknown mode, bad filter
+            raise ConfigError(str(e)) from None
+    data = [
+        {"id": r.id, "score": r.score, "scores": r.scores, "text": r.text, "metadata": r.metadata}
+        for r in results
+    ]
+
+    def text() -> list[str]:
+        lines = []
+        for i, r in enumerate(results, 1):
+            snippet = " ".join(r.text.split())[:200]
+            lines.append(f"{i:>2}. {r.score:.4f}  {r.metadata.get('source', '')}  {snippet}")
+        return lines or ["no results"]
+
+    _emit(data, as_json, text, quiet)
+
+
+@app.command("stats")
+def stats_command(
+    config: Optional[Path] = ConfigOpt,
+    backend: Optional[str] = BackendOpt,
+    uri: Optional[str] = UriOpt,
+    collection: Optional[str] = CollectionOpt,
+    as_json: bool = JsonOpt,
+    log_level: Optional[str] = LogOpt,
+) -> None:
+    """What the records and the store hold for the collection."""
+    _setup(log_level)
+    with _user_errors():
+        data = api.stats(config, backend=backend, uri=uri, collection=collection)
+    _emit(data, as_json, lambda: [f"{k}: {v}" for k, v in data.items()], False)
+
+
+@app.command("drop")
+def drop_command(
+    config: Optional[Path] = ConfigOpt,
+    backend: Optional[str] = BackendOpt,
+    uri: Optional[str] = UriOpt,
+    collection: Optional[str] = CollectionOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = JsonOpt,
+    log_level: Optional[str] = LogOpt,
+) -> None:
+    """Delete the collection and its records."""
+    _setup(log_level)
+    if not yes and not typer.confirm("Delete the collection and all its chunks?"):
+        raise typer.Exit(int(ExitCode.OK))
+    with _user_errors():
+        data = api.drop(config, backend=backend, uri=uri, collection=collection)
+    _emit(data, as_json, lambda: [f"dropped {data['collection']}" if data["dropped"]
+                                  else f"no collection {data['collection']}"], False)
+
+
+def main() -> None:
+    """Entry point of the ``m3ingest`` command."""
+    app(prog_name="m3ingest")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

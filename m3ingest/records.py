@@ -1,0 +1,273 @@
+"""The SQLite record store of a collection: what each source looked like and which chunks it has.
+
+One database file per collection, in WAL mode. Tables:
+
+- ``meta``: the model, chunking settings and schema version that built the collection;
+- ``sources``: source id -> size, mtime_ns, content hash and its chunks as ``[[id, signature], ...]``
+  (the signature is a hash of the chunk's payload, so a moved chunk is rewritten, not re-encoded);
+- ``intents``: the chunk ids a run is about to write (``touched``) or delete (``stale``) for a
+  source, written before the store is changed and cleared in the same transaction that commits
+  the source's new record. A leftover intent means a run died in between; ``reconcile`` repairs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from m3ingest.errors import SettingsMismatchError
+
+if TYPE_CHECKING:
+    from m3ingest.config import Config
+    from m3ingest.connectors import VectorStore
+
+#: Version of the stored chunk layout; a collection built under another one must be rebuilt.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    source_id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    chunks TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS intents (
+    source_id TEXT PRIMARY KEY,
+    touched TEXT NOT NULL,
+    stale TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class SourceRecord:
+    """What the last successful run saw of a source and the chunks it left in the store."""
+
+    source_id: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    #: chunk id -> payload signature, in chunk order.
+    chunks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def chunk_ids(self) -> list[str]:
+        return list(self.chunks)
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri and uri != ":memory:"
+
+
+def default_path(config: "Config") -> Path | str:
+    """Where the records of the configured collection live.
+
+    ``records.path`` when set: a file ending in ``.sqlite`` or ``.db``, else a folder holding
+    ``<collection>.sqlite``. Otherwise next to an embedded database (``<uri>.records/``), else
+    ``./.m3ingest/``. A Qdrant ``:memory:`` store gets in-memory records (``":memory:"``).
+    """
+    store = config.store
+    name = f"{store.collection}.sqlite"
+    if config.records.path:
+        path = Path(config.records.path).expanduser()
+        return path if path.suffix in (".sqlite", ".db") else path / name
+    if store.uri == ":memory:":
+        return ":memory:"
+    if _is_local(store.uri):
+        uri = Path(store.uri).expanduser()
+        return uri.parent / f"{uri.name}.records" / name
+    return Path(".m3ingest") / name
+
+
+def settings_of(config: "Config") -> dict[str, str]:
+    """The settings that decide what a collection holds; a sync with other ones is refused."""
+    return {
+        "schema_version": str(SCHEMA_VERSION),
+        "model": config.model.name,
+        "chunking": json.dumps(
+            {"chunk_size": config.chunking.chunk_size, "overlap": config.chunking.overlap}
+        ),
+        "colbert": json.dumps(config.store.colbert),
+    }
+
+
+class Records:
+    """The record store of one collection; safe to share between the pipeline's threads."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Records":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self)
+
+    # -- settings ---------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    def check_settings(self, settings: dict[str, str], collection: str) -> None:
+        """Record the settings of a new collection, or refuse ones that differ from its own."""
+        held = self.meta()
+        if not held:
+            with self._transaction() as db:
+                db.executemany("INSERT INTO meta VALUES (?, ?)", settings.items())
+            return
+        differ = [k for k, v in settings.items() if held.get(k) != v]
+        if differ:
+            detail = "; ".join(f"{k}: built with {held.get(k)}, now {settings[k]}" for k in differ)
+            raise SettingsMismatchError(
+                f"collection {collection!r} was built with other settings ({detail}); "
+                f"run `m3ingest rebuild` to re-index it with the new ones"
+            )
+
+    # -- sources ----------------------------------------------------------------------------
+
+    def get(self, source_id: str) -> SourceRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT source_id, size, mtime_ns, content_hash, chunks FROM sources"
+                " WHERE source_id = ?",
+                (source_id,),
+            ).fetchone()
+        return _record(row) if row else None
+
+    def source_ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT source_id FROM sources ORDER BY 1")]
+
+    def all(self) -> Iterator[SourceRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT source_id, size, mtime_ns, content_hash, chunks FROM sources ORDER BY 1"
+            ).fetchall()
+        return (_record(r) for r in rows)
+
+    def chunk_ids(self) -> dict[str, set[str]]:
+        """Source id -> chunk ids, as the records say (for verification)."""
+        return {r.source_id: set(r.chunks) for r in self.all()}
+
+    def counts(self) -> tuple[int, int]:
+        """(sources, chunks) recorded."""
+        sources = chunks = 0
+        for r in self.all():
+            sources += 1
+            chunks += len(r.chunks)
+        return sources, chunks
+
+    def touch(self, source_id: str, size: int, mtime_ns: int) -> None:
+        """A source whose content is unchanged got a new size or mtime."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sources SET size = ?, mtime_ns = ? WHERE source_id = ?",
+                (size, mtime_ns, source_id),
+            )
+
+    def begin(self, source_id: str, touched: list[str], stale: list[str]) -> None:
+        """Declare the chunk ids about to be written and deleted, before the store changes."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO intents VALUES (?, ?, ?)",
+                (source_id, json.dumps(touched), json.dumps(stale)),
+            )
+
+    def commit(self, record: SourceRecord) -> None:
+        """Replace a source's record and clear its intent, in one transaction."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.source_id,
+                    record.size,
+                    record.mtime_ns,
+                    record.content_hash,
+                    json.dumps(list(record.chunks.items())),
+                ),
+            )
+            db.execute("DELETE FROM intents WHERE source_id = ?", (record.source_id,))
+
+    def remove(self, source_id: str) -> None:
+        """Forget a source whose chunks are gone from the store, and its intent."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))
+            db.execute("DELETE FROM intents WHERE source_id = ?", (source_id,))
+
+    def intents(self) -> dict[str, tuple[list[str], list[str]]]:
+        with self._lock:
+            rows = self._db.execute("SELECT source_id, touched, stale FROM intents").fetchall()
+        return {s: (json.loads(t), json.loads(d)) for s, t, d in rows}
+
+    def reconcile(self, store: "VectorStore", collection: str) -> int:
+        """Repair what a run that died mid-source left behind; returns the sources repaired.
+
+        The store may hold any part of what an intent announced. Every announced id is deleted,
+        the record keeps only the chunks no intent touched, and its content hash is cleared, so
+        the next run re-processes the source and writes exactly what is missing.
+        """
+        intents = self.intents()
+        for source_id, (touched, stale) in intents.items():
+            doubtful = set(touched) | set(stale)
+            if doubtful and store.has_collection(collection):
+                store.delete(collection, sorted(doubtful))
+            record = self.get(source_id)
+            held = record.chunks if record is not None else {}
+            safe = {cid: sig for cid, sig in held.items() if cid not in doubtful}
+            if safe:
+                self.commit(SourceRecord(source_id, -1, -1, "", safe))
+            else:
+                self.remove(source_id)
+        return len(intents)
+
+    def clear(self) -> None:
+        """Forget everything (the collection was dropped)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM sources")
+            db.execute("DELETE FROM intents")
+            db.execute("DELETE FROM meta")
+
+
+class _Tx:
+    def __init__(self, records: Records) -> None:
+        self._records = records
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._records._lock.acquire()
+        self._records._db.execute("BEGIN IMMEDIATE")
+        return self._records._db
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        try:
+            self._records._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._records._lock.release()
+
+
+def _record(row: tuple[Any, ...]) -> SourceRecord:
+    source_id, size, mtime_ns, content_hash, chunks = row
+    return SourceRecord(source_id, size, mtime_ns, content_hash, dict(json.loads(chunks)))
