@@ -61,13 +61,27 @@ def _user_errors() -> Iterator[None]:
         _fail("interrupted", ExitCode.FILES_FAILED)
 
 
-def _setup(log_level: Optional[str]) -> None:
+def _setup(log_level: Optional[str], quiet: bool = False) -> None:
+    import logging
+    import os
+
     from m3ingest.logs import setup_logging
 
     try:
         setup_logging(log_level)
     except ValueError as e:
         _fail(str(e), ExitCode.CONFIG_ERROR)
+    # Milvus Lite's embedded server logs an ERROR with a traceback for a call it does not
+    # implement, which pymilvus then handles; it is not the user's problem.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    if quiet or not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[], list[str]], quiet: bool) -> None:
@@ -90,7 +104,7 @@ def _run_ingest(
     log_level: Optional[str],
     **overrides: Any,
 ) -> None:
-    _setup(log_level)
+    _setup(log_level, quiet or as_json)
     with _user_errors():
         summary = api.ingest(
             paths,
@@ -178,7 +192,7 @@ def search_command(
     log_level: Optional[str] = LogOpt,
 ) -> None:
     """Search the collection."""
-    _setup(log_level)
+    _setup(log_level, quiet or as_json)
     with _user_errors():
         try:
             where = json.loads(filter) if filter else None
