@@ -20,11 +20,15 @@ import os
 import socket
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import portalocker
+
+if TYPE_CHECKING:
+    from m3ingest.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -264,3 +268,24 @@ class CollectionLock:
                     self._stop.set()
                 return
             self._write_owner(heartbeat=time.time())
+
+
+def collection_lock(
+    config: Config,
+    *,
+    wait: bool = False,
+    timeout: float | None = None,
+    stop: threading.Event | None = None,
+) -> CollectionLock | nullcontext[None]:
+    """The lock of the configured collection (or alias), next to its records.
+
+    In-memory records (a Qdrant ``:memory:`` store) live and die with one process: no lock.
+    """
+    from m3ingest.records import default_path
+
+    records = default_path(config)
+    if str(records) == ":memory:":
+        return nullcontext()
+    return CollectionLock(
+        lock_path(records), config.store.collection, wait=wait, timeout=timeout, stop=stop
+    )

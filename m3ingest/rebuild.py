@@ -23,12 +23,21 @@ collection, so this one switch is two operations, milliseconds apart, during whi
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from m3ingest.connectors import StoreError, VectorStore
+
+if TYPE_CHECKING:
+    from m3ingest.config import Config
+    from m3ingest.encoder import M3Encoder
+    from m3ingest.pipeline import Summary
 
 log = logging.getLogger(__name__)
 
@@ -102,56 +111,168 @@ def prune(store: VectorStore, alias: str, keep: int, on_drop: Callable[[str], No
     doomed = others[max(keep - 1, 0) :]
     for name in doomed:
         log.info("dropping old version %r of %r", name, alias)
-        store.drop_collection(name)
-        if on_drop is not None:
-            on_drop(name)
+        _drop(store, name, on_drop)
     return doomed
 
 
 def rebuild_with(
-    store: VectorStore,
+    connect: Callable[[], AbstractContextManager[VectorStore]],
     alias: str,
     build: Callable[[str], Any],
-    check: Callable[[str, Any], int],
+    check: Callable[[VectorStore, str, Any], int],
     *,
     keep: int = 1,
     on_drop: Callable[[str], None] | None = None,
 ) -> RebuildResult:
     """The rebuild procedure with the ingest and the checks passed in.
 
-    ``build(collection)`` fills the new collection and returns its run summary; ``check(collection,
-    summary)`` raises :class:`RebuildError` when the new version must not go live, else returns
-    its chunk count; ``on_drop(collection)`` removes what belongs to a dropped version (records).
+    ``connect()`` opens the store (it is closed while ``build`` runs, which opens its own: a
+    Qdrant local folder admits one client at a time). ``build(collection)`` fills the new
+    collection and returns its run summary; ``check(store, collection, summary)`` raises
+    :class:`RebuildError` when the new version must not go live, else returns its chunk count;
+    ``on_drop(collection)`` removes what belongs to a dropped collection (its records).
     """
     if keep < 1:
         raise ValueError("keep must be at least 1 (the live version)")
-    previous = store.resolve_alias(alias)
-    existing = versions(store, alias)
-    live_n = next((n for n, name in existing.items() if name == previous), 0)
-    for n, name in sorted(existing.items()):
-        if n > live_n:
-            log.warning("dropping %r, left by a rebuild that did not finish", name)
-            store.drop_collection(name)
-            if on_drop is not None:
-                on_drop(name)
-    target = version_name(alias, max(existing, default=0) + 1)
-    shown = previous or (alias if store.has_collection(alias) else None)
+    with connect() as store:
+        previous = store.resolve_alias(alias)
+        existing = versions(store, alias)
+        live_n = next((n for n, name in existing.items() if name == previous), 0)
+        for n, name in sorted(existing.items()):
+            if n > live_n:
+                log.warning("dropping %r, left by a rebuild that did not finish", name)
+                _drop(store, name, on_drop)
+        target = version_name(alias, max(existing, default=0) + 1)
+        shown = previous or (alias if store.has_collection(alias) else None)
     log.info("rebuilding %r into %r; queries are served by %r meanwhile", alias, target, shown)
     try:
         summary = build(target)
-        chunks = check(target, summary)
+        with connect() as store:
+            chunks = check(store, target, summary)
+            migrated = switch_alias(store, alias, target)
+            if migrated and on_drop is not None:
+                on_drop(alias)
+            log.info("alias %r now points at %r (%d chunks)", alias, target, chunks)
+            dropped = prune(store, alias, keep, on_drop)
     except BaseException:
-        log.error("rebuild of %r failed; dropping %r, the alias stays on %r", alias, target, shown)
-        try:
-            store.drop_collection(target)
-            if on_drop is not None:
-                on_drop(target)
-        except StoreError as cleanup:
-            log.error("could not drop %r (%s); the next rebuild drops it", target, cleanup)
+        _abandon(connect, alias, target, shown, on_drop)
         raise
-    migrated = switch_alias(store, alias, target)
-    if migrated and on_drop is not None:
-        on_drop(alias)
-    log.info("alias %r now points at %r (%d chunks)", alias, target, chunks)
-    dropped = prune(store, alias, keep, on_drop)
     return RebuildResult(alias, target, shown, chunks, migrated, dropped, summary)
+
+
+def _drop(store: VectorStore, name: str, on_drop: Callable[[str], None] | None) -> None:
+    store.drop_collection(name)
+    if on_drop is not None:
+        on_drop(name)
+
+
+def _abandon(
+    connect: Callable[[], AbstractContextManager[VectorStore]],
+    alias: str,
+    target: str,
+    shown: str | None,
+    on_drop: Callable[[str], None] | None,
+) -> None:
+    try:
+        with connect() as store:
+            if store.resolve_alias(alias) == target:
+                return  # the switch happened; only the clean-up of old versions failed
+            log.error("rebuild of %r failed; dropping %r, the alias stays on %r", alias, target, shown)
+            _drop(store, target, on_drop)
+    except StoreError as e:
+        log.error("could not drop %r (%s); the next rebuild drops it", target, e)
+
+
+def _records_files(path: Path) -> list[Path]:
+    return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", ".lock"))]
+
+
+def _sample_search(store: VectorStore, encoder: M3Encoder, collection: str, ids: list[str]) -> None:
+    from m3ingest.retrievers import M3Searcher
+
+    samples = store.get(collection, ids)
+    searcher = M3Searcher(store, encoder, collection, mode="hybrid", k=10)
+    found = 0
+    for chunk in samples:
+        hits = searcher.search(chunk.text)
+        if not hits:
+            raise RebuildError(f"a search in {collection!r} found nothing")
+        found += chunk.id in {h.id for h in hits}
+    if samples and not found:
+        raise RebuildError(
+            f"no sampled chunk of {collection!r} was found by searching its own text"
+        )
+
+
+def rebuild(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    config: Config | str | os.PathLike[str] | None = None,
+    *,
+    keep: int = 1,
+    allow_failures: bool = False,
+    wait: bool = False,
+    wait_timeout: float | None = None,
+    progress: bool = False,
+    stop: threading.Event | None = None,
+    encoder: M3Encoder | None = None,
+    **overrides: Any,
+) -> RebuildResult:
+    """Re-index ``paths`` into a new version of the collection and switch the alias to it.
+
+    ``store.collection`` names the alias. ``keep``: versions that remain, the live one included.
+    Files that fail make the rebuild refuse the switch unless ``allow_failures``. Raises
+    :class:`RebuildError` (alias unchanged) when the new version fails its checks.
+    """
+    from m3ingest import api
+    from m3ingest.connectors import store_from_config
+    from m3ingest.locking import collection_lock
+    from m3ingest.records import Records, default_path
+    from m3ingest.redact import register_config
+    from m3ingest.verify import find_drift
+
+    cfg = api.resolve_config(config, **overrides)
+    register_config(cfg)
+    alias = cfg.store.collection
+    stop = stop or threading.Event()
+
+    def version(name: str) -> Config:
+        return cfg.model_copy(update={"store": cfg.store.model_copy(update={"collection": name})})
+
+    def build(target: str) -> Summary:
+        nonlocal encoder
+        encoder = encoder or api._encoder(cfg)
+        return api.sync(paths, version(target), stop=stop, encoder=encoder, progress=progress)
+
+    def check(store: VectorStore, target: str, summary: Summary) -> int:
+        if summary.stopped:
+            raise RebuildError(f"the rebuild of {alias!r} was stopped before the end")
+        if summary.files_failed and not allow_failures:
+            raise RebuildError(
+                f"{summary.files_failed} file(s) failed (see the report); switching would lose "
+                "their chunks. Fix them, or pass --allow-failures to switch anyway"
+            )
+        with Records(default_path(version(target))) as records:
+            recorded = records.chunk_ids()
+            pending = records.intents()
+        drift = find_drift(store, target, recorded)
+        if pending or not drift.clean:
+            raise RebuildError(f"{target!r} does not hold what its records say: {drift.summary()}")
+        count = store.count(target)
+        if count == 0:
+            raise RebuildError(f"{target!r} is empty: no file under {paths} gave a chunk")
+        assert encoder is not None
+        sample = [sorted(ids)[0] for _, ids in sorted(recorded.items()) if ids][:3]
+        _sample_search(store, encoder, target, sample)
+        return count
+
+    def on_drop(name: str) -> None:
+        path = default_path(version(name))
+        if str(path) == ":memory:":
+            return
+        for file in _records_files(Path(path))[: None if name != alias else 3]:
+            file.unlink(missing_ok=True)
+
+    with collection_lock(cfg, wait=wait, timeout=wait_timeout, stop=stop):
+        return rebuild_with(
+            lambda: store_from_config(cfg.store), alias, build, check, keep=keep, on_drop=on_drop
+        )

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Set
+import os
+from collections.abc import Mapping, Sequence, Set
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m3ingest.connectors import VectorStore
+from m3ingest.records import SourceRecord
+
+if TYPE_CHECKING:
+    from m3ingest.config import Config
+    from m3ingest.records import Records
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +93,106 @@ def delete_orphans(store: VectorStore, drift: Drift) -> int:
         log.info("deleting %d orphan chunk(s) from %r", len(ids), drift.collection)
         store.delete(drift.collection, ids)
     return len(ids)
+
+
+@dataclass
+class VerifyResult:
+    """What ``verify`` found, and what ``repair`` did about it."""
+
+    drift: Drift
+    #: Sources left half-written by a crashed run (their intents), at the time of the check.
+    pending: list[str] = field(default_factory=list)
+    repaired: bool = False
+    orphans_deleted: int = 0
+    #: Sources whose missing chunks were re-encoded (or, without folders, queued for the next sync).
+    reencoded: list[str] = field(default_factory=list)
+    #: The drift left after the repair (None without repair).
+    after: Drift | None = None
+
+    @property
+    def clean(self) -> bool:
+        final = self.after if self.after is not None else self.drift
+        return final.clean and (self.repaired or not self.pending)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "clean": self.clean,
+            "drift": self.drift.summary(),
+            "unfinished_sources": self.pending,
+        }
+        if self.repaired:
+            out["repair"] = {
+                "orphans_deleted": self.orphans_deleted,
+                "sources_reencoded": self.reencoded,
+                "after": self.after.summary() if self.after else None,
+            }
+        return out
+
+
+def _mark_for_reprocessing(records: Records, sources: Set[str], missing: Mapping[str, Set[str]]) -> None:
+    # Keep the chunks the store still holds and clear the content hash: the next run re-reads the
+    # source and encodes exactly the chunks that are missing.
+    for source in sources:
+        record = records.get(source)
+        if record is None:
+            continue
+        kept = {cid: sig for cid, sig in record.chunks.items() if cid not in missing.get(source, ())}
+        if kept:
+            records.commit(SourceRecord(source, -1, -1, "", kept))
+        else:
+            records.remove(source)
+
+
+def verify(
+    config: Config | None = None,
+    *,
+    repair: bool = False,
+    paths: Sequence[str | os.PathLike[str]] = (),
+    wait: bool = False,
+    wait_timeout: float | None = None,
+) -> VerifyResult:
+    """Compare the records of the configured collection with the chunk ids its store holds.
+
+    ``repair``: finish what crashed runs left, delete orphan chunks, and re-encode the sources
+    with missing chunks from ``paths`` (the folders they were ingested from; without them the
+    next ``sync`` re-encodes those sources). Repair takes the collection lock.
+    """
+    from m3ingest.config import load_config
+    from m3ingest.connectors import store_from_config
+    from m3ingest.locking import collection_lock
+    from m3ingest.records import Records, default_path
+    from m3ingest.redact import register_config
+
+    config = config or load_config()
+    register_config(config)
+    name = config.store.collection
+    lock = collection_lock(config, wait=wait, timeout=wait_timeout) if repair else nullcontext()
+    with lock:
+        with store_from_config(config.store) as store:
+            physical = store.resolve_alias(name) or name
+            records_path = default_path(_with_collection(config, physical))
+            with Records(records_path) as records:
+                pending = sorted(records.intents())
+                drift = find_drift(store, physical, records.chunk_ids())
+                result = VerifyResult(drift, pending)
+                log.info("verify %r: %s", physical, drift.summary())
+                if not repair or (drift.clean and not pending):
+                    return result
+                records.reconcile(store, physical)
+                current = find_drift(store, physical, records.chunk_ids())
+                result.orphans_deleted = delete_orphans(store, current)
+                _mark_for_reprocessing(records, set(current.missing), current.missing)
+                result.reencoded = sorted(current.missing)
+                result.repaired = True
+    if paths and result.reencoded:
+        from m3ingest.api import ingest
+
+        ingest(list(paths), config=config, wait=True, wait_timeout=wait_timeout)
+    with store_from_config(config.store) as store, Records(records_path) as records:
+        result.after = find_drift(store, physical, records.chunk_ids())
+    return result
+
+
+def _with_collection(config: Config, collection: str) -> Config:
+    store = config.store.model_copy(update={"collection": collection})
+    return config.model_copy(update={"store": store})

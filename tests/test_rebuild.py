@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -39,13 +40,18 @@ def builder(store, texts: list[str]):
 
 
 def check(store):
-    def verify(collection: str, built: int) -> int:
+    def verify(_store, collection: str, built: int) -> int:
         n = store.count(collection)
         if n != built:
             raise RebuildError(f"{collection} holds {n} chunks, expected {built}")
         return n
 
     return verify
+
+
+def opened(store):
+    """The ``connect`` of a rebuild, over the test's store (left open)."""
+    return lambda: nullcontext(store)
 
 
 def texts_behind(store, name: str) -> set[str]:
@@ -63,17 +69,21 @@ def alias(store):
 
 def test_rebuild_switches_the_alias_and_keeps_the_last_versions(store, alias) -> None:
     dropped_records = []
-    first = rebuild_with(store, alias, builder(store, ["a", "b"]), check(store), on_drop=dropped_records.append)
+    first = rebuild_with(
+        opened(store), alias, builder(store, ["a", "b"]), check(store), on_drop=dropped_records.append
+    )
     assert (first.collection, first.previous, first.chunks) == (f"{alias}__v1", None, 2)
     assert store.resolve_alias(alias) == f"{alias}__v1"
     assert texts_behind(store, alias) == {"a", "b"}
 
-    second = rebuild_with(store, alias, builder(store, ["a", "c", "d"]), check(store), keep=2)
+    second = rebuild_with(opened(store), alias, builder(store, ["a", "c", "d"]), check(store), keep=2)
     assert second.previous == f"{alias}__v1" and second.dropped == []
     assert store.resolve_alias(alias) == f"{alias}__v2"
     assert texts_behind(store, alias) == {"a", "c", "d"}
 
-    third = rebuild_with(store, alias, builder(store, ["e"]), check(store), keep=1, on_drop=dropped_records.append)
+    third = rebuild_with(
+        opened(store), alias, builder(store, ["e"]), check(store), keep=1, on_drop=dropped_records.append
+    )
     assert third.dropped == [f"{alias}__v2", f"{alias}__v1"]
     assert sorted(versions(store, alias).values()) == [f"{alias}__v3"]
     assert dropped_records == [f"{alias}__v2", f"{alias}__v1"]
@@ -81,7 +91,7 @@ def test_rebuild_switches_the_alias_and_keeps_the_last_versions(store, alias) ->
 
 
 def test_queries_use_the_old_version_during_the_build_and_a_failed_check_keeps_it(store, alias) -> None:
-    rebuild_with(store, alias, builder(store, ["old"]), check(store))
+    rebuild_with(opened(store), alias, builder(store, ["old"]), check(store))
     seen_during_build = []
 
     def failing_build(collection: str) -> int:
@@ -90,7 +100,7 @@ def test_queries_use_the_old_version_during_the_build_and_a_failed_check_keeps_i
         return 3  # the check expects more chunks than were written: the new version is refused
 
     with pytest.raises(RebuildError):
-        rebuild_with(store, alias, failing_build, check(store))
+        rebuild_with(opened(store), alias, failing_build, check(store))
     assert seen_during_build == [{"old"}]
     assert store.resolve_alias(alias) == f"{alias}__v1"
     assert list(versions(store, alias).values()) == [f"{alias}__v1"], "the failed version is dropped"
@@ -98,10 +108,10 @@ def test_queries_use_the_old_version_during_the_build_and_a_failed_check_keeps_i
 
 
 def test_a_build_that_crashes_leaves_the_alias_and_its_leftover_is_cleaned(store, alias) -> None:
-    rebuild_with(store, alias, builder(store, ["old"]), check(store))
+    rebuild_with(opened(store), alias, builder(store, ["old"]), check(store))
     # As if a rebuild had been killed after creating its collection: a version nobody points at.
     builder(store, ["half"])(f"{alias}__v2")
-    result = rebuild_with(store, alias, builder(store, ["next"]), check(store))
+    result = rebuild_with(opened(store), alias, builder(store, ["next"]), check(store))
     assert result.collection == f"{alias}__v3"
     assert sorted(versions(store, alias).values()) == [f"{alias}__v3"]
     assert texts_behind(store, alias) == {"next"}
@@ -110,7 +120,9 @@ def test_a_build_that_crashes_leaves_the_alias_and_its_leftover_is_cleaned(store
 def test_first_rebuild_migrates_a_plain_collection_of_the_alias_name(store, alias) -> None:
     builder(store, ["plain"])(alias)
     dropped_records = []
-    result = rebuild_with(store, alias, builder(store, ["v1"]), check(store), on_drop=dropped_records.append)
+    result = rebuild_with(
+        opened(store), alias, builder(store, ["v1"]), check(store), on_drop=dropped_records.append
+    )
     assert result.migrated and result.previous == alias
     assert store.resolve_alias(alias) == f"{alias}__v1"
     assert alias not in store.list_collections()
