@@ -12,6 +12,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from m3ingest.sources import Document
 
 # Positions where a chunk may end (the start of the next piece), best first.
@@ -20,6 +22,8 @@ _SENTENCE = re.compile(r"[.!?\u2026][\"')\]\u201d\u2019]*\s+|[\u3002\uff01\uff1f
 _LINE = re.compile(r"\n\s*")
 _WORD = re.compile(r"\s+")
 _NON_SPACE = re.compile(r"\S")
+# Chunks planned and tokenized together before their lengths are checked.
+_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -95,58 +99,81 @@ class Chunker:
     """
 
     def __init__(self, tokenizer: Any, chunk_size: int = 512, overlap: int = 64) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be at least 1 token, got {chunk_size}")
+        if chunk_size < 8:
+            raise ValueError(f"chunk_size must be at least 8 tokens, got {chunk_size}")
         if not 0 <= overlap < chunk_size:
             raise ValueError(f"overlap must be between 0 and chunk_size - 1 ({chunk_size - 1}), got {overlap}")
-        if not getattr(tokenizer, "is_fast", False):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if not getattr(tokenizer, "is_fast", False) or backend is None:
             raise ValueError("Chunker needs a Hugging Face fast tokenizer (it uses character offsets)")
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
         self.overlap = overlap
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
+        # A private copy: truncation or padding set on the shared tokenizer by other callers must not apply here.
+        self._backend = Tokenizer.from_str(backend.to_str())
+        self._backend.no_truncation()
+        self._backend.no_padding()
 
     def chunk(self, doc: Document) -> list[Chunk]:
         """The chunks of ``doc`` in text order; none is empty or whitespace only."""
         text = doc.text
         if not text.strip():
             return []
-        enc = self.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
-        )
-        plan = _Plan(text, [a for a, _ in enc["offset_mapping"]])
+        plan = _Plan(text, [a for a, _ in self._backend.encode(text, add_special_tokens=False).offsets])
         chunks: list[Chunk] = []
         for start, end, headings in _spans(doc):
             for s, e, ids in self._split(plan, start, end):
                 chunks.append(Chunk(len(chunks), text[s:e], s, e, headings, ids))
         return chunks
 
+    def _end(self, plan: _Plan, s: int, floor: int, budget: int, end: int) -> int:
+        e = plan.end_within(s, floor, budget, end)
+        return s + len(plan.text[s:e].rstrip())
+
+    def _next(self, plan: _Plan, s: int, e: int, end: int) -> tuple[int, int]:
+        """Start and floor of the chunk after ``[s, e)``; the start is ``end`` when nothing is left."""
+        if _NON_SPACE.search(plan.text, e, end) is None:
+            return end, end
+        nxt = _NON_SPACE.search(plan.text, plan.overlap_start(s, e, self.overlap), end)
+        return (nxt.start() if nxt else end), max(e, s + 1)
+
     def _split(self, plan: _Plan, start: int, end: int) -> list[tuple[int, int, list[int]]]:
+        """Chunks of ``text[start:end]`` as (start, end, token ids).
+
+        Chunks are planned from the document's token offsets and then tokenized together; a chunk
+        whose own tokenization comes out longer (it starts inside a word) is shrunk and the rest re-planned.
+        """
         text = plan.text
+        limit = self.chunk_size + 2
+        # Tokens a chunk's own tokenization may add over the plan (e.g. a "▁" before a cut word); grows on misses.
+        reserve = 0
         out: list[tuple[int, int, list[int]]] = []
         m = _NON_SPACE.search(text, start, end)
-        s = m.start() if m else end
-        floor = s
+        s = floor = m.start() if m else end
         while s < end:
-            budget = self.chunk_size
-            while True:
-                e = plan.end_within(s, floor, budget, end)
-                e = s + len(text[s:e].rstrip())
-                ids = self._ids(text[s:e])
-                excess = len(ids) - (self.chunk_size + 2)
-                if excess <= 0 or budget <= 1:
+            budget = self.chunk_size - reserve
+            pieces = []
+            a, f = s, floor
+            while a < end and len(pieces) < _BATCH:
+                e = self._end(plan, a, f, budget, end)
+                pieces.append((a, e, f))
+                a, f = self._next(plan, a, e, end)
+            encodings = self._backend.encode_batch([text[a:e] for a, e, _ in pieces])
+            for (a, e, f), enc in zip(pieces, encodings):
+                if len(enc.ids) > limit:
                     break
-                budget -= excess
-            if e > s:
-                out.append((s, e, ids))
-            if e >= end or not text[e:end].strip():
-                break
-            nxt = plan.overlap_start(s, e, self.overlap)
-            m = _NON_SPACE.search(text, nxt, end)
-            floor = max(e, s + 1)
-            s = m.start() if m else end
+                out.append((a, e, enc.ids))
+                s, floor = self._next(plan, a, e, end)
+            else:
+                continue
+            ids = enc.ids
+            while len(ids) > limit and budget > 1:
+                reserve += len(ids) - limit
+                budget = max(self.chunk_size - reserve, 1)
+                e = self._end(plan, a, f, budget, end)
+                ids = self._backend.encode(text[a:e]).ids
+            out.append((a, e, ids))
+            s, floor = self._next(plan, a, e, end)
         return out
 
 

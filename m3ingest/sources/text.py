@@ -14,6 +14,7 @@ _BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 # Control characters that never occur in text; a decoded file full of them is binary.
+_TIE = 0.05
 _CONTROL = {chr(c) for c in range(32) if chr(c) not in "\t\n\r\f\v\x1b"} | {"\x7f"}
 
 
@@ -39,7 +40,11 @@ def decode_text(data: bytes) -> tuple[str, str]:
         return _normalise(data.decode("utf-8")), "utf-8"
     except UnicodeDecodeError:
         pass
-    best = from_bytes(data).best()
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is not None:
+        # Short texts often fit several code pages equally well; prefer the most common one on a near tie.
+        best = next((m for m in matches if m.encoding == "cp1252" and m.chaos <= best.chaos + _TIE), best)
     if best is None:
         raise BinaryContent("undecodable: not UTF-8 and no legacy encoding fits")
     text = str(best)

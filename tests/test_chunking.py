@@ -1,0 +1,171 @@
+"""Token-aware chunking with the tiny M3 tokenizer: offsets, boundaries, overlap, headings, limits."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from m3ingest.chunking import Chunk, Chunker
+from m3ingest.sources import Document, Section, extract, walk
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(FIXTURES / "tiny-m3")
+
+
+def check(doc: Document, chunks: list[Chunk], chunker: Chunker) -> None:
+    """The invariants every chunking must keep."""
+    tok = chunker.tokenizer
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for c in chunks:
+        assert doc.text[c.start : c.end] == c.text
+        assert c.text.strip() == c.text != ""
+        assert c.token_ids == tok(c.text)["input_ids"]
+        assert c.token_ids[0] == tok.cls_token_id and c.token_ids[-1] == tok.sep_token_id
+        assert len(c.token_ids) <= chunker.chunk_size + 2
+    for a, b in zip(chunks, chunks[1:]):
+        assert (a.start, a.end) < (b.start, b.end)
+    # Every visible character is in some chunk.
+    gaps = [doc.text[a.end : b.start] for a, b in zip(chunks, chunks[1:]) if b.start > a.end]
+    if chunks:
+        gaps += [doc.text[: chunks[0].start], doc.text[chunks[-1].end :]]
+    assert all(not g.strip() for g in gaps)
+    # No chunk crosses a section boundary; each carries its section's headings.
+    for c in chunks:
+        inside = [s for s in doc.sections if s.start <= c.start and c.end <= s.end]
+        if inside:
+            assert c.headings == inside[0].headings
+        else:
+            assert c.headings == () and not any(s.start < c.end and c.start < s.end for s in doc.sections)
+
+
+def prose(n_paragraphs: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    words = "the store keeps dense and sparse vectors for every chunk of each file in the folder".split()
+    paragraphs = []
+    for _ in range(n_paragraphs):
+        sentences = [
+            " ".join(rng.choice(words) for _ in range(rng.randint(4, 14))).capitalize() + rng.choice(".!?")
+            for _ in range(rng.randint(1, 6))
+        ]
+        paragraphs.append(" ".join(sentences))
+    return "\n\n".join(paragraphs)
+
+
+def test_short_document_is_one_chunk(tokenizer):
+    doc = Document("  Hello world.  \n", [Section(0, 17)])
+    (chunk,) = Chunker(tokenizer).chunk(doc)
+    assert (chunk.text, chunk.start, chunk.end, chunk.headings) == ("Hello world.", 2, 14, ())
+
+
+def test_blank_document_and_blank_sections_give_no_chunks(tokenizer):
+    chunker = Chunker(tokenizer, chunk_size=32, overlap=4)
+    assert chunker.chunk(Document("")) == []
+    assert chunker.chunk(Document(" \n\n\t ")) == []
+    text = "# A\n\n   \n# B\ntext"
+    b = text.index("# B")
+    doc = Document(text, [Section(0, 4, ("A",)), Section(4, b, ("A",)), Section(b, len(text), ("B",))])
+    chunks = chunker.chunk(doc)
+    assert [(c.text, c.headings) for c in chunks] == [("# A", ("A",)), ("# B\ntext", ("B",))]
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(8, 0), (16, 0), (32, 8), (64, 16), (128, 100), (512, 64)])
+def test_invariants_on_prose(tokenizer, size, overlap):
+    doc = Document(prose(40, seed=size))
+    chunker = Chunker(tokenizer, chunk_size=size, overlap=overlap)
+    chunks = chunker.chunk(doc)
+    check(doc, chunks, chunker)
+    assert len(chunks) > 1
+
+
+def test_overlap_between_consecutive_chunks(tokenizer):
+    doc = Document(prose(30, seed=1))
+    with_overlap = Chunker(tokenizer, chunk_size=48, overlap=12).chunk(doc)
+    without = Chunker(tokenizer, chunk_size=48, overlap=0).chunk(doc)
+    assert all(b.start < a.end for a, b in zip(with_overlap, with_overlap[1:]))
+    assert all(b.start >= a.end for a, b in zip(without, without[1:]))
+    # The repeated text is about `overlap` tokens, never more than the chunk before it.
+    for a, b in zip(with_overlap, with_overlap[1:]):
+        shared = len(tokenizer(doc.text[b.start : a.end], add_special_tokens=False)["input_ids"])
+        assert 0 < shared <= 14
+
+
+def test_prefers_paragraph_then_sentence_boundaries(tokenizer):
+    para = "Short sentence number {i} is here."
+    text = "\n\n".join(para.format(i=i) for i in range(40))
+    doc = Document(text)
+    chunks = Chunker(tokenizer, chunk_size=100, overlap=0).chunk(doc)
+    check(doc, chunks, Chunker(tokenizer, chunk_size=100, overlap=0))
+    assert all(c.text.endswith(".") and (c.end == len(text) or text[c.end] == "\n") for c in chunks)
+    one_paragraph = " ".join(para.format(i=i) for i in range(40))
+    chunks = Chunker(tokenizer, chunk_size=100, overlap=0).chunk(Document(one_paragraph))
+    assert len(chunks) > 3 and all(c.text.endswith(".") for c in chunks)
+
+
+def test_falls_back_to_words_then_tokens(tokenizer):
+    words = "alpha " * 500
+    chunker = Chunker(tokenizer, chunk_size=50, overlap=10)
+    chunks = chunker.chunk(Document(words))
+    check(Document(words), chunks, chunker)
+    assert all(c.text.startswith("alpha") and c.text.endswith("alpha") for c in chunks)
+    no_spaces = "x" * 5000
+    chunks = chunker.chunk(Document(no_spaces))
+    check(Document(no_spaces), chunks, chunker)
+    assert max(len(c.token_ids) for c in chunks) == 52
+
+
+def test_very_long_single_line(tokenizer):
+    line = ("word " * 50 + "and-a-very-long-token-" * 20) * 300  # 200 kB, no newline
+    doc = Document(line)
+    chunker = Chunker(tokenizer, chunk_size=512, overlap=64)
+    first = chunker.chunk(doc)
+    check(doc, first, chunker)
+    assert first == chunker.chunk(doc)
+
+
+def test_chunks_follow_sections_of_a_real_markdown_file(tokenizer):
+    doc = extract(FIXTURES / "docs" / "guides" / "install.md")
+    chunker = Chunker(tokenizer, chunk_size=24, overlap=4)
+    chunks = chunker.chunk(doc)
+    check(doc, chunks, chunker)
+    by_text = {c.text: c.headings for c in chunks}
+    assert any(h == ("Install", "From PyPI") and "pip install" in t for t, h in by_text.items())
+    assert any(h == ("Usage", "Options") for h in by_text.values())
+
+
+def test_every_fixture_document(tokenizer):
+    chunker = Chunker(tokenizer, chunk_size=40, overlap=8)
+    for item in walk(FIXTURES / "docs"):
+        doc = extract(item.path)
+        check(doc, chunker.chunk(doc), chunker)
+
+
+def test_same_text_same_chunks_and_ids(tokenizer):
+    chunker = Chunker(tokenizer, chunk_size=32, overlap=8)
+    first, second = prose(6, seed=7), prose(6, seed=8)
+    text = first + "\n\n" + second
+    doc = Document(text, [Section(0, len(first), ("One",)), Section(len(first) + 2, len(text), ("Two",))])
+    a = chunker.chunk(doc)
+    assert a == chunker.chunk(doc)
+    # An edit in one section leaves the chunks (text and ids) of the others as they were.
+    edited = "New words here. " + first
+    doc2 = Document(edited + "\n\n" + second, [Section(0, len(edited), ("One",)), Section(len(edited) + 2, len(edited) + 2 + len(second), ("Two",))])
+    b = chunker.chunk(doc2)
+    def two(chunks):
+        return [(c.text, c.token_ids) for c in chunks if c.headings == ("Two",)]
+    assert two(a) == two(b) != []
+
+
+def test_settings_are_checked(tokenizer):
+    with pytest.raises(ValueError, match="overlap"):
+        Chunker(tokenizer, chunk_size=64, overlap=64)
+    with pytest.raises(ValueError, match="chunk_size"):
+        Chunker(tokenizer, chunk_size=4, overlap=0)
+    with pytest.raises(ValueError, match="fast tokenizer"):
+        Chunker(object())
