@@ -187,7 +187,7 @@ def test_walk_single_file_and_missing_root(tmp_path):
     missing = tmp_path / "nope"
     items = list(walk([f, missing, tmp_path / "x.bin"]))
     assert isinstance(items[0], SourceFile) and items[0].source_id == "one.txt" and items[0].root == tmp_path
-    assert isinstance(items[1], SourceFailure) and items[1].reason == "does not exist"
+    assert isinstance(items[1], SourceFailure) and (items[1].source_id, items[1].reason) == (".", "does not exist")
     assert isinstance(items[2], SourceFailure)
 
 

@@ -95,7 +95,8 @@ def walk(
     given, a file must match one of these globs; ``exclude``: files and folders matching any are
     skipped. By default names starting with "." and ``DEFAULT_EXCLUDED_DIRS`` are skipped too. A
     source id already produced by an earlier root is reported as a ``SourceFailure``, as are missing
-    roots, unreadable folders, broken symlinks and symlink loops; the walk then carries on.
+    roots, unreadable folders, broken symlinks and symlink loops; the walk then carries on. A failed
+    folder's ``source_id`` is its id (``"."`` for a root), so callers can keep what lies under it.
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -119,13 +120,14 @@ def walk(
 def _walk_root(
     root: Path, include: tuple[str, ...], exclude: tuple[str, ...], follow: bool, defaults: bool, suffixes: frozenset[str]
 ) -> Iterator[SourceFile | SourceFailure]:
+    # A root that cannot be read reports source id ".": everything recorded under it is kept.
     try:
         st = root.stat()
     except FileNotFoundError:
-        yield SourceFailure(root, root.name, "does not exist" if not root.is_symlink() else "broken symlink")
+        yield SourceFailure(root, ".", "does not exist" if not root.is_symlink() else "broken symlink")
         return
     except OSError as e:
-        yield SourceFailure(root, root.name, f"cannot read: {e.strerror or e}")
+        yield SourceFailure(root, ".", f"cannot read: {e.strerror or e}")
         return
     if stat.S_ISDIR(st.st_mode):
         yield from _walk_dir(root, root, "", include, exclude, follow, defaults, suffixes, {_dir_key(st)})
