@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -233,21 +236,6 @@ def test_walk_reports_fifo_and_duplicate_ids_across_roots(tmp_path):
     assert str(one) in items[2].reason
 
 
-@pytest.mark.skipif(AS_ROOT, reason="root can read any folder")
-def test_walk_unreadable_folder(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    (locked / "x.txt").write_text("x")
-    (tmp_path / "ok.txt").write_text("x")
-    locked.chmod(0)
-    try:
-        items = list(walk(tmp_path))
-    finally:
-        locked.chmod(0o755)
-    assert isinstance(items[0], SourceFailure) and items[0].source_id == "locked"
-    assert ids(items[1:]) == ["ok.txt"]
-
-
 # --- extraction of each type ----------------------------------------------------------------------
 
 
@@ -419,16 +407,44 @@ def test_folder_or_fifo_named_like_a_document(tmp_path):
             extract(tmp_path / name)
 
 
-@pytest.mark.skipif(AS_ROOT, reason="root can read files with mode 000")
-def test_permission_denied(tmp_path):
-    path = tmp_path / "secret.txt"
-    path.write_text("x")
-    path.chmod(0)
+def run_without_root_powers(code: str) -> str:
+    """Run Python ``code`` in a child that cannot bypass file modes (root's capabilities dropped)."""
+    command = [sys.executable, "-c", code]
+    if AS_ROOT:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: mode 000 would not stop reads")
+        command = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True, cwd=Path(__file__).parents[1])
+    return done.stdout
+
+
+def test_permission_denied_file_and_folder(tmp_path):
+    (tmp_path / "secret.txt").write_text("x")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "inside.md").write_text("x")
+    (tmp_path / "ok.txt").write_text("x")
+    (tmp_path / "secret.txt").chmod(0)
+    (tmp_path / "locked").chmod(0)
+    code = f"""
+import json
+from m3ingest.sources import ExtractionError, SourceFile, extract, walk
+try:
+    extract({str(tmp_path / "secret.txt")!r})
+    reason = None
+except ExtractionError as e:
+    reason = e.reason
+items = [(type(i).__name__, i.source_id, getattr(i, "reason", "")) for i in walk({str(tmp_path)!r})]
+print(json.dumps({{"reason": reason, "items": items}}))
+"""
     try:
-        with pytest.raises(ExtractionError, match="permission denied"):
-            extract(path)
+        out = json.loads(run_without_root_powers(code))
     finally:
-        path.chmod(0o644)
+        (tmp_path / "secret.txt").chmod(0o644)
+        (tmp_path / "locked").chmod(0o755)
+    assert out["reason"].startswith("permission denied")
+    (locked, ok, secret) = out["items"]
+    assert locked[:2] == ["SourceFailure", "locked"] and "Permission denied" in locked[2]
+    assert ok[:2] == ["SourceFile", "ok.txt"] and secret[:2] == ["SourceFile", "secret.txt"]
 
 
 def test_symlink_loop_file(tmp_path):
