@@ -72,7 +72,7 @@ class _Plan:
             return limit
         # Tokens sharing a start offset (e.g. a lone "▁" piece): take the next distinct start.
         k = bisect_right(self.starts, floor)
-        return self.starts[k] if k < len(self.starts) else section_end
+        return min(self.starts[k], section_end) if k < len(self.starts) else section_end
 
     def overlap_start(self, s: int, e: int, overlap: int) -> int:
         """Where the next chunk starts so that it repeats about ``overlap`` tokens before ``e``."""
