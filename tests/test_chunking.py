@@ -169,3 +169,16 @@ def test_settings_are_checked(tokenizer):
         Chunker(tokenizer, chunk_size=4, overlap=0)
     with pytest.raises(ValueError, match="fast tokenizer"):
         Chunker(object())
+
+
+def test_random_documents_keep_the_invariants(tokenizer):
+    rng = random.Random(42)
+    alphabet = list("abcde fgh  \n\n\t.!?,-") + ["é", "日本語", "。", "🙂", "\u00a0", "word ", "\r"]
+    for _ in range(30):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 1200)))
+        cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 6))))
+        sections = [Section(a, b, (f"h{i}",)) for i, (a, b) in enumerate(zip(cuts, cuts[1:])) if i % 2 == 0]
+        doc = Document(text, sections)
+        size = rng.choice([8, 16, 33, 128])
+        chunker = Chunker(tokenizer, chunk_size=size, overlap=rng.randint(0, size - 1))
+        check(doc, chunker.chunk(doc), chunker)
