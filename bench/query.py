@@ -125,10 +125,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 store.ensure_collection("bench", encoder.dim, colbert=args.colbert)
                 store.upsert("bench", chunks)
-                if backend == "milvus" and not args.no_flush:
-                    # Milvus searches unsealed (growing) segments by brute force until it seals and
-                    # indexes them; flushing measures the steady state an older collection is in.
-                    store.client.flush("bench")
+                if not args.no_flush:
+                    # As an ingest run ends: Milvus searches unflushed rows by brute force.
+                    store.flush("bench")
                 print(f"{backend}: wrote {store.count('bench')} chunks in {time.perf_counter() - t0:.1f} s")
                 searcher = M3Searcher(store, encoder, "bench", candidates=args.candidates)
                 for mode in modes:

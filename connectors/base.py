@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,53 @@ class VectorStore(ABC):
         in a collection created with ColBERT storage.
         """
 
+    async def aget(
+        self, collection: str, ids: Sequence[str], with_vectors: bool = False
+    ) -> list[ChunkRecord]:
+        """``get`` for async callers, without blocking the event loop.
+
+        This default runs ``get`` in a worker thread; stores with an async client override it.
+        """
+        return await asyncio.to_thread(self.get, collection, ids, with_vectors)
+
+    async def asearch(
+        self,
+        collection: str,
+        *,
+        dense: np.ndarray | None = None,
+        sparse: Mapping[int, float] | None = None,
+        mode: SearchMode = "hybrid",
+        k: int = 10,
+        filter: Filter | None = None,
+        fusion: Fusion = Fusion(),
+        candidates: int | None = None,
+        with_vectors: bool = False,
+        colbert: np.ndarray | None = None,
+    ) -> list[SearchHit]:
+        """``search`` for async callers, without blocking the event loop.
+
+        This default runs ``search`` in a worker thread; stores with an async client override it.
+        """
+        return await asyncio.to_thread(
+            self.search,
+            collection,
+            dense=dense,
+            sparse=sparse,
+            mode=mode,
+            k=k,
+            filter=filter,
+            fusion=fusion,
+            candidates=candidates,
+            with_vectors=with_vectors,
+            colbert=colbert,
+        )
+
+    def flush(self, collection: str) -> None:
+        """Make the chunks written so far durable and fully indexed (ingest calls it after a run).
+
+        A no-op where the database indexes every write as it comes (this default).
+        """
+
     @abstractmethod
     def set_alias(self, alias: str, collection: str) -> None:
         """Point ``alias`` at ``collection`` in one atomic step (create or move it)."""
@@ -166,6 +214,14 @@ class VectorStore(ABC):
 
     def close(self) -> None:
         """Release the client."""
+
+    async def aclose(self) -> None:
+        """``close`` for async code: also closes the async client of the running event loop.
+
+        Async clients belong to the loop that opened them; ``close`` cannot close those of loops
+        that have already ended, so an async app calls this before its loop ends.
+        """
+        self.close()
 
     def __enter__(self) -> "VectorStore":
         return self

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from qdrant_client import QdrantClient, models
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from . import retry
+from .calls import Call, Plan, arun, run
+from .loops import PerLoop
 from .base import (
     CHUNK_FIELDS,
     ChunkRecord,
@@ -73,6 +75,10 @@ class QdrantStore(VectorStore):
         else:
             kwargs = {"path": str(Path(uri).expanduser())}
         self.client: QdrantClient = self._call(f"connect to {uri}", None, lambda: QdrantClient(**kwargs))
+        # Local mode (a folder or :memory:) has no second client: another client cannot open the same
+        # storage, so asearch / aget fall back to the sync client in a worker thread there.
+        self._async_kwargs: dict[str, Any] | None = kwargs if "url" in kwargs else None
+        self._async_clients: PerLoop[AsyncQdrantClient] = PerLoop(self._open_async, AsyncQdrantClient.close)
 
     def _call(self, operation: str, collection: str | None, fn: Callable[[], T]) -> T:
         return retry.call(
@@ -80,6 +86,26 @@ class QdrantStore(VectorStore):
             backend=self.backend,
             operation=operation,
             collection=collection,
+            is_transient=is_transient,
+            policy=self.retry_policy,
+        )
+
+    def _execute(self, call: Call) -> Any:
+        return self._call(call.operation, call.collection, lambda: call.on(self.client))
+
+    async def _open_async(self) -> AsyncQdrantClient:
+        assert self._async_kwargs is not None
+        return AsyncQdrantClient(**self._async_kwargs)
+
+    async def _aexecute(self, call: Call) -> Any:
+        async def attempt() -> Any:
+            return await call.on(await self._async_clients.get())
+
+        return await retry.acall(
+            attempt,
+            backend=self.backend,
+            operation=call.operation,
+            collection=call.collection,
             is_transient=is_transient,
             policy=self.retry_policy,
         )
@@ -264,16 +290,26 @@ class QdrantStore(VectorStore):
     def get(
         self, collection: str, ids: Sequence[str], with_vectors: bool = False
     ) -> list[ChunkRecord]:
+        return run(self._get_plan(collection, ids, with_vectors), self._execute)
+
+    async def aget(
+        self, collection: str, ids: Sequence[str], with_vectors: bool = False
+    ) -> list[ChunkRecord]:
+        if self._async_kwargs is None:
+            return await super().aget(collection, ids, with_vectors)
+        return await arun(self._get_plan(collection, ids, with_vectors), self._aexecute)
+
+    def _get_plan(self, collection: str, ids: Sequence[str], with_vectors: bool) -> Plan[list[ChunkRecord]]:
         ids = list(dict.fromkeys(ids))
         found: dict[str, ChunkRecord] = {}
         for i in range(0, len(ids), 1000):
             part = ids[i : i + 1000]
-            points = self._call(
+            points = yield Call(
                 f"get of {len(part)} chunks",
                 collection,
-                lambda part=part: self.client.retrieve(
-                    collection, part, with_payload=list(CHUNK_FIELDS), with_vectors=with_vectors
-                ),
+                "retrieve",
+                (collection, part),
+                {"with_payload": list(CHUNK_FIELDS), "with_vectors": with_vectors},
             )
             found.update((str(p.id), self._record(p)) for p in points)
         return [found[i] for i in ids if i in found]
@@ -310,6 +346,48 @@ class QdrantStore(VectorStore):
         with_vectors: bool = False,
         colbert: np.ndarray | None = None,
     ) -> list[SearchHit]:
+        plan = self._search_plan(
+            collection, dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert
+        )
+        return run(plan, self._execute)
+
+    async def asearch(
+        self,
+        collection: str,
+        *,
+        dense: np.ndarray | None = None,
+        sparse: Mapping[int, float] | None = None,
+        mode: SearchMode = "hybrid",
+        k: int = 10,
+        filter: Filter | None = None,
+        fusion: Fusion = Fusion(),
+        candidates: int | None = None,
+        with_vectors: bool = False,
+        colbert: np.ndarray | None = None,
+    ) -> list[SearchHit]:
+        if self._async_kwargs is None:
+            return await super().asearch(
+                collection, dense=dense, sparse=sparse, mode=mode, k=k, filter=filter, fusion=fusion,
+                candidates=candidates, with_vectors=with_vectors, colbert=colbert,
+            )
+        plan = self._search_plan(
+            collection, dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert
+        )
+        return await arun(plan, self._aexecute)
+
+    def _search_plan(
+        self,
+        collection: str,
+        dense: np.ndarray | None,
+        sparse: Mapping[int, float] | None,
+        mode: SearchMode,
+        k: int,
+        filter: Filter | None,
+        fusion: Fusion,
+        candidates: int | None,
+        with_vectors: bool,
+        colbert: np.ndarray | None,
+    ) -> Plan[list[SearchHit]]:
         flt = to_qdrant(filter)
         n = candidates or k
         stage = self._first_stage(dense, sparse, mode, fusion, n, flt)
@@ -319,19 +397,20 @@ class QdrantStore(VectorStore):
             using: str | None = "colbert"
         else:
             prefetch, query, using = stage.get("prefetch"), stage["query"], stage.get("using")
-        result = self._call(
+        result = yield Call(
             f"{mode} search",
             collection,
-            lambda: self.client.query_points(
-                collection,
-                prefetch=prefetch,
-                query=query,
-                using=using,
-                limit=k,
-                query_filter=flt,
-                with_payload=list(CHUNK_FIELDS),
-                with_vectors=with_vectors,
-            ),
+            "query_points",
+            (collection,),
+            {
+                "prefetch": prefetch,
+                "query": query,
+                "using": using,
+                "limit": k,
+                "query_filter": flt,
+                "with_payload": list(CHUNK_FIELDS),
+                "with_vectors": with_vectors,
+            },
         )
         return [SearchHit(self._record(p), float(p.score)) for p in result.points]
 
@@ -388,7 +467,12 @@ class QdrantStore(VectorStore):
             op = models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
             self._call(f"drop alias '{alias}'", None, lambda: self.client.update_collection_aliases([op]))
 
+    async def aclose(self) -> None:
+        await self._async_clients.aclose()
+        self.close()
+
     def close(self) -> None:
+        self._async_clients.close()
         self.client.close()
 
 

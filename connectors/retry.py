@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from .base import StoreError
 
@@ -36,6 +42,24 @@ def is_transient_builtin(exc: BaseException) -> bool:
     return False
 
 
+def _retry_args(is_transient: Callable[[BaseException], bool], policy: RetryPolicy) -> dict[str, Any]:
+    return {
+        "stop": stop_after_attempt(max(1, policy.attempts)),
+        "wait": wait_exponential_jitter(initial=policy.initial_wait, max=policy.max_wait),
+        "retry": retry_if_exception(lambda e: not isinstance(e, StoreError) and is_transient(e)),
+        "reraise": True,
+    }
+
+
+def _store_error(
+    e: Exception, retrying: Retrying | AsyncRetrying, backend: str, operation: str, collection: str | None
+) -> StoreError:
+    attempts = retrying.statistics.get("attempt_number", 1)
+    where = f" on collection '{collection}'" if collection else ""
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    return StoreError(f"{backend}: {operation}{where} failed{tries}: {e}")
+
+
 def call(
     fn: Callable[[], T],
     *,
@@ -49,18 +73,29 @@ def call(
 
     A ``StoreError`` raised by ``fn`` itself passes through unchanged.
     """
-    retrying = Retrying(
-        stop=stop_after_attempt(max(1, policy.attempts)),
-        wait=wait_exponential_jitter(initial=policy.initial_wait, max=policy.max_wait),
-        retry=retry_if_exception(lambda e: not isinstance(e, StoreError) and is_transient(e)),
-        reraise=True,
-    )
+    retrying = Retrying(**_retry_args(is_transient, policy))
     try:
         return retrying(fn)
     except StoreError:
         raise
     except Exception as e:
-        attempts = retrying.statistics.get("attempt_number", 1)
-        where = f" on collection '{collection}'" if collection else ""
-        tries = f" after {attempts} attempts" if attempts > 1 else ""
-        raise StoreError(f"{backend}: {operation}{where} failed{tries}: {e}") from e
+        raise _store_error(e, retrying, backend, operation, collection) from e
+
+
+async def acall(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    backend: str,
+    operation: str,
+    collection: str | None,
+    is_transient: Callable[[BaseException], bool],
+    policy: RetryPolicy,
+) -> T:
+    """``call`` for coroutines: ``fn()`` is awaited, and the waits between tries do not block the loop."""
+    retrying = AsyncRetrying(**_retry_args(is_transient, policy))
+    try:
+        return await retrying(fn)
+    except StoreError:
+        raise
+    except Exception as e:
+        raise _store_error(e, retrying, backend, operation, collection) from e

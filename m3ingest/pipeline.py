@@ -467,6 +467,8 @@ class Pipeline:
                     if record.source_id not in seen and not _under(record.source_id, unreadable):
                         writer.put("remove", record)
             writer.finish()
+            if summary.chunks_written or summary.chunks_deleted:
+                self.store.flush(self.collection)  # Milvus searches unflushed rows by brute force
         finally:
             files_bar.close()
             chunks_bar.close()

@@ -1,5 +1,6 @@
 """The connector suite, run unchanged on Milvus Lite and Qdrant local mode (fixture ``store``)."""
 
+import asyncio
 import uuid
 
 import numpy as np
@@ -292,6 +293,59 @@ def test_permanent_errors_are_not_retried():
         retry.call(broken, backend="qdrant", operation="count", collection="c",
                    is_transient=retry.is_transient_builtin, policy=RetryPolicy(attempts=5))
     assert len(calls) == 1
+
+
+def test_async_calls_are_retried_and_named_like_sync_ones():
+    calls = []
+
+    async def flaky():
+        calls.append(1)
+        raise ConnectionResetError("connection reset by peer")
+
+    policy = RetryPolicy(attempts=3, initial_wait=0.001, max_wait=0.002)
+    with pytest.raises(StoreError) as e:
+        asyncio.run(retry.acall(flaky, backend="milvus", operation="hybrid search", collection="docs",
+                                is_transient=retry.is_transient_builtin, policy=policy))
+    assert len(calls) == 3
+    assert "milvus: hybrid search on collection 'docs' failed after 3 attempts" in str(e.value)
+    outcomes = iter([TimeoutError("timed out"), "done"])
+
+    async def once_flaky():
+        out = next(outcomes)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    assert asyncio.run(retry.acall(once_flaky, backend="qdrant", operation="count", collection="c",
+                                   is_transient=retry.is_transient_builtin, policy=policy)) == "done"
+
+
+def test_qdrant_server_async_client_is_retried_then_a_store_error():
+    policy = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.02)
+    store = open_store("qdrant", "http://127.0.0.1:9", timeout=1, retry_policy=policy)
+
+    async def main():
+        try:
+            await store.aget("docs", [str(uuid.uuid4())])
+        finally:
+            await store.aclose()
+
+    message = "qdrant: get of 1 chunks on collection 'docs' failed after 2 attempts"
+    with pytest.raises(StoreError, match=message):
+        asyncio.run(main())
+
+
+def test_flush_keeps_every_chunk_searchable(store, collection):
+    rng = np.random.default_rng(12)
+    store.ensure_collection(collection, DIM)
+    records = [make(rng, "a.md", i) for i in range(20)]
+    store.upsert(collection, records)
+    store.flush(collection)
+    assert store.count(collection) == 20
+    hit = store.search(collection, dense=records[7].dense, sparse=records[7].sparse, mode="dense", k=1)[0]
+    assert hit.id == records[7].id
+    store.upsert(collection, records[:2])  # writes after a flush go on as before
+    assert store.count(collection) == 20
 
 
 @pytest.mark.parametrize("backend", ["milvus", "qdrant"])

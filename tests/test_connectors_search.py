@@ -6,12 +6,14 @@ two top-``candidates`` lists, and the weighted sum ``w_dense * dense + w_sparse 
 chunk absent from one list adds 0 for it). Ties are compared by score, not by order.
 """
 
+import asyncio
+import shutil
 import uuid
 
 import numpy as np
 import pytest
 
-from m3ingest.connectors import ChunkRecord, Fusion, RetryPolicy, open_store
+from m3ingest.connectors import ChunkRecord, Fusion, RetryPolicy, StoreError, open_store
 
 DIM = 16
 VOCAB = 120
@@ -212,3 +214,121 @@ def test_colbert_rerank_is_maxsim_over_the_candidates(tmp_path):
             assert_matches(hits, expected, 5)
             results[backend] = [h.id for h in hits]
     assert results["milvus"] == results["qdrant"]
+
+
+# --- async: asearch / aget answer exactly what search / get answer ---------------------------------
+
+
+def assert_same_records(got, want):
+    assert [r.id for r in got] == [r.id for r in want]
+    for g, w in zip(got, want):
+        assert (g.text, g.source, g.chunk_index, g.start, g.end, g.content_hash, g.metadata) == (
+            w.text, w.source, w.chunk_index, w.start, w.end, w.content_hash, w.metadata
+        )
+        for name in ("dense", "colbert"):
+            a, b = getattr(g, name), getattr(w, name)
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+        assert g.sparse == w.sparse
+
+
+def assert_same_hits(got, want):
+    assert_same_records([h.record for h in got], [h.record for h in want])
+    assert [h.score for h in got] == pytest.approx([h.score for h in want], rel=1e-6, abs=1e-7)
+
+
+ASYNC_CASES = [
+    dict(mode="dense"),
+    dict(mode="sparse"),
+    dict(mode="hybrid", fusion=Fusion.rrf(60), candidates=50),
+    dict(mode="hybrid", fusion=Fusion.weighted(0.4, 0.2), candidates=30),
+    dict(mode="hybrid", filter={"lang": "de", "chunk_index": {"$lt": 20}}, candidates=30),
+    dict(mode="dense", with_vectors=True),
+    dict(mode="sparse", with_vectors=True, filter={"source": {"$in": ["s1.md", "s2.md"]}}),
+]
+
+
+async def _sync_and_async(store, collection, queries, case):
+    """(search, asearch) results of each query, the async ones run concurrently."""
+    want = [store.search(collection, dense=q[0], sparse=q[1], k=10, **case) for q in queries]
+    got = await asyncio.gather(
+        *(store.asearch(collection, dense=q[0], sparse=q[1], k=10, **case) for q in queries)
+    )
+    return got, want
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+@pytest.mark.parametrize("case", ASYNC_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_asearch_equals_search(engines, backend, case):
+    rng = np.random.default_rng(13)
+    queries = [_query(rng) for _ in range(4)]
+    got, want = asyncio.run(_sync_and_async(engines[backend], "corpus", queries, case))
+    assert any(want)
+    for g, w in zip(got, want):
+        assert_same_hits(g, w)
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+@pytest.mark.parametrize("with_vectors", [False, True])
+def test_aget_equals_get(engines, corpus, backend, with_vectors):
+    store = engines[backend]
+    ids = [corpus[i].id for i in (5, 3, 250, 3)] + ["00000000-0000-5000-8000-000000000000"]
+    got = asyncio.run(store.aget("corpus", ids, with_vectors=with_vectors))
+    want = store.get("corpus", ids, with_vectors=with_vectors)
+    assert len(want) == 3
+    assert_same_records(got, want)
+    assert asyncio.run(store.aget("corpus", [])) == []
+
+
+def test_milvus_async_reads_never_touch_the_sync_client(engines, corpus, monkeypatch):
+    store = engines["milvus"]
+    q = _query(np.random.default_rng(14))
+    want = store.search("corpus", dense=q[0], sparse=q[1], k=5, with_vectors=True)
+    monkeypatch.setattr(store, "client", None)  # any sync call now fails
+
+    async def main():
+        hits = await store.asearch("corpus", dense=q[0], sparse=q[1], k=5, with_vectors=True)
+        records = await store.aget("corpus", [h.id for h in hits])
+        return hits, records
+
+    hits, records = asyncio.run(main())
+    assert_same_hits(hits, want)
+    assert [r.id for r in records] == [h.id for h in want]
+
+
+def test_async_errors_name_the_operation_and_collection(engines):
+    q = _query(np.random.default_rng(15))
+    for name, store in engines.items():
+        with pytest.raises(StoreError, match=f"{name}: .*search.* collection 'nowhere'"):
+            asyncio.run(store.asearch("nowhere", dense=q[0], sparse=q[1], k=3))
+
+
+def test_qdrant_server_path_async_client_equals_sync(tmp_path, corpus):
+    """The AsyncQdrantClient code path (server URLs) on a real engine: a copy of the same local storage.
+
+    Local mode cannot share its storage with a second client, so the async client here opens a
+    copy of the folder the sync client serves, made while no client held it.
+    """
+    with open_store("qdrant", str(tmp_path / "q"), retry_policy=POLICY) as s:
+        s.ensure_collection("corpus", DIM)
+        s.upsert("corpus", corpus)
+    shutil.copytree(tmp_path / "q", tmp_path / "copy")
+    store = open_store("qdrant", str(tmp_path / "q"), retry_policy=POLICY)
+    store._async_kwargs = {"path": str(tmp_path / "copy")}  # as a server URL would set it
+    rng = np.random.default_rng(16)
+    queries = [_query(rng) for _ in range(3)]
+
+    async def main():
+        out = [await _sync_and_async(store, "corpus", queries, case) for case in ASYNC_CASES]
+        ids = [corpus[i].id for i in (7, 1, 9)]
+        got = await store.aget("corpus", ids, with_vectors=True)
+        await store.aclose()
+        return out, got
+
+    results, got = asyncio.run(main())
+    for got_hits, want_hits in results:
+        for g, w in zip(got_hits, want_hits):
+            assert_same_hits(g, w)
+    with open_store("qdrant", str(tmp_path / "q"), retry_policy=POLICY) as s:
+        assert_same_records(got, s.get("corpus", [corpus[i].id for i in (7, 1, 9)], with_vectors=True))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,11 @@ def _result(record: ChunkRecord, scores: dict[str, float], key: str) -> SearchRe
     metadata = dict(record.metadata or {})
     metadata.update({name: getattr(record, name) for name in _BUILTIN_FIELDS})
     return SearchResult(record.id, record.text, metadata, scores, scores[key])
+
+
+def _union(lists: Sequence[Sequence[SearchHit]]) -> list[str]:
+    """Ids of the hits of all lists, in order of first appearance."""
+    return list(dict.fromkeys(h.id for hits in lists for h in hits))
 
 
 def combine_filters(
@@ -170,29 +174,34 @@ class M3Searcher:
         mode: Mode | None = None,
         filter: Mapping[str, Any] | None = None,
     ) -> list[SearchResult]:
-        """``search`` without blocking the event loop: encoding and store calls run in threads."""
+        """``search`` without blocking the event loop.
+
+        The query is encoded in a worker thread (batched with concurrent queries), the store is
+        read through its async methods (the database's async client where the store has one),
+        and the ``m3`` re-ranking runs in a worker thread.
+        """
         call = self._call(k, mode, filter)
-        q = await self._in_thread(self._encode, query, call.mode)
+        q = await asyncio.to_thread(self._encode, query, call.mode)
         if call.mode != "m3":
-            return await self._in_thread(self._fused, q, call)
-        candidates = await self._in_thread(self._candidates, q, call)
-        return await self._in_thread(self._rerank, q, candidates, call.k)
+            return self._fused_results(await self._astore_search(**self._fused_args(q, call)), call)
+        candidates = await self._acandidates(q, call)
+        return await asyncio.to_thread(self._rerank, q, candidates, call.k)
 
     def close(self) -> None:
         """Close the store when this searcher opened it."""
         if self._owns_store:
             self.store.close()
 
+    async def aclose(self) -> None:
+        """``close`` for async apps: also closes the store's async client of the running loop."""
+        if self._owns_store:
+            await self.store.aclose()
+
     def __enter__(self) -> "M3Searcher":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @staticmethod
-    async def _in_thread(func: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(func, *args))
 
     @staticmethod
     def _check_mode(mode: str) -> str:
@@ -235,27 +244,59 @@ class M3Searcher:
         except StoreError as e:
             raise self._explain(e) from e
 
-    def _fused(self, q: QueryVectors, call: _Call) -> list[SearchResult]:
-        hits = self._store_search(
-            dense=q.dense if call.mode != "sparse" else None,
-            sparse=q.sparse if call.mode != "dense" else None,
-            mode=call.mode,
-            k=call.k,
-            filter=call.filter,
-            fusion=self.fusion,
-            candidates=max(self.candidates, call.k) if call.mode == "hybrid" else None,
-        )
+    async def _astore_search(self, **kwargs: Any) -> list[SearchHit]:
+        try:
+            return await self.store.asearch(self.collection, **kwargs)
+        except StoreError as e:
+            raise await asyncio.to_thread(self._explain, e) from e
+
+    def _fused_args(self, q: QueryVectors, call: _Call) -> dict[str, Any]:
+        return {
+            "dense": q.dense if call.mode != "sparse" else None,
+            "sparse": q.sparse if call.mode != "dense" else None,
+            "mode": call.mode,
+            "k": call.k,
+            "filter": call.filter,
+            "fusion": self.fusion,
+            "candidates": max(self.candidates, call.k) if call.mode == "hybrid" else None,
+        }
+
+    @staticmethod
+    def _fused_results(hits: Sequence[SearchHit], call: _Call) -> list[SearchResult]:
         return [_result(h.record, {call.mode: float(h.score)}, call.mode) for h in hits]
+
+    def _fused(self, q: QueryVectors, call: _Call) -> list[SearchResult]:
+        return self._fused_results(self._store_search(**self._fused_args(q, call)), call)
+
+    def _candidate_args(self, q: QueryVectors, call: _Call) -> list[dict[str, Any]]:
+        """Arguments of the dense and of the sparse search for the ``m3`` mode's candidates."""
+        n = max(self.candidates, call.k)
+        return [
+            {"dense": q.dense, "mode": "dense", "k": n, "filter": call.filter},
+            {"sparse": q.sparse, "mode": "sparse", "k": n, "filter": call.filter},
+        ]
 
     def _candidates(self, q: QueryVectors, call: _Call) -> list[ChunkRecord]:
         """The union of the dense and sparse top candidates, fetched with their vectors."""
-        n = max(self.candidates, call.k)
-        dense = self._store_search(dense=q.dense, mode="dense", k=n, filter=call.filter)
-        sparse = self._store_search(sparse=q.sparse, mode="sparse", k=n, filter=call.filter)
-        ids = list(dict.fromkeys(h.id for h in (*dense, *sparse)))
+        lists = [self._store_search(**args) for args in self._candidate_args(q, call)]
+        ids = _union(lists)
         if not ids:
             return []
-        records = self.store.get(self.collection, ids, with_vectors=True)
+        return self._with_colbert(self.store.get(self.collection, ids, with_vectors=True))
+
+    async def _acandidates(self, q: QueryVectors, call: _Call) -> list[ChunkRecord]:
+        """``_candidates`` through the store's async methods, the two searches at once."""
+        searches = (self._astore_search(**args) for args in self._candidate_args(q, call))
+        ids = _union(await asyncio.gather(*searches))
+        if not ids:
+            return []
+        records = await self.store.aget(self.collection, ids, with_vectors=True)
+        if all(r.colbert is not None for r in records):
+            return records
+        return await asyncio.to_thread(self._with_colbert, records)
+
+    def _with_colbert(self, records: list[ChunkRecord]) -> list[ChunkRecord]:
+        """``records``, with ColBERT vectors encoded from the text where the store held none."""
         missing = [r for r in records if r.colbert is None]
         if missing:
             out = self.encoder.encode(
