@@ -19,6 +19,9 @@ _EXPORTS = {
     "search": "m3ingest.api",
     "stats": "m3ingest.api",
     "drop": "m3ingest.api",
+    "verify": "m3ingest.drift",
+    "rebuild": "m3ingest.versions",
+    "schedule": "m3ingest.scheduler",
     "M3Searcher": "m3ingest.retrievers",
     "M3Retriever": "m3ingest.retrievers",
 }

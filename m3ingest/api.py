@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3ingest.config import Config, ConfigError, load_config
+from m3ingest.locking import collection_lock
 from m3ingest.pipeline import Pipeline, Summary
 from m3ingest.records import Records, default_path, settings_of
+from m3ingest.redact import register_config, scrubbed
 
 if TYPE_CHECKING:
     from m3ingest.connectors import VectorStore
@@ -84,6 +86,21 @@ def _store(config: Config) -> "VectorStore":
     return store_from_config(config.store)
 
 
+def live_records_path(config: Config, store: "VectorStore") -> Path | str:
+    """The records of the collection ``store.collection`` names, or points at when an alias.
+
+    Each version built by ``rebuild`` has its own records, so moving the alias is the one step
+    that switches both what is searched and what ``sync`` compares against.
+    """
+    name = config.store.collection
+    target = store.resolve_alias(name) or name
+    if target == name:
+        return default_path(config)
+    live = config.store.model_copy(update={"collection": target})
+    return default_path(config.model_copy(update={"store": live}))
+
+
+@scrubbed
 def ingest(
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     config: Config | str | os.PathLike[str] | None = None,
@@ -93,6 +110,8 @@ def ingest(
     stop: threading.Event | None = None,
     encoder: "M3Encoder | None" = None,
     store: "VectorStore | None" = None,
+    wait: bool = False,
+    wait_timeout: float | None = None,
     **overrides: Any,
 ) -> Summary:
     """Ingest the files under ``paths``: new and changed files are encoded, unchanged ones skipped.
@@ -100,18 +119,23 @@ def ingest(
     ``delete`` also removes the chunks of sources that are no longer there (``sync``). ``encoder``
     and ``store`` reuse objects already open. Files that cannot be read are listed in the
     summary's ``failures``; a store that fails raises ``StoreError``; settings that differ from
-    the ones that built the collection raise ``SettingsMismatchError``.
+    the ones that built the collection raise ``SettingsMismatchError``. Another run holding the
+    collection's lock raises ``CollectionLocked``, at once or, with ``wait``, after
+    ``wait_timeout`` seconds (None: no limit). Setting ``stop`` ends the run between batches.
     """
     cfg = resolve_config(config, **overrides)
+    register_config(cfg)
     roots = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     for root in roots:
         if not Path(root).is_dir():
             raise ConfigError(f"{root} is not a folder; give the folders to ingest")
+    stop = stop or threading.Event()
     with ExitStack() as stack:
-        records = stack.enter_context(Records(default_path(cfg)))
-        records.check_settings(settings_of(cfg), cfg.store.collection)
+        stack.enter_context(collection_lock(cfg, wait=wait, timeout=wait_timeout, stop=stop))
         if store is None:
             store = stack.enter_context(_store(cfg))
+        records = stack.enter_context(Records(live_records_path(cfg, store)))
+        records.check_settings(settings_of(cfg), cfg.store.collection)
         if encoder is None:
             encoder = _encoder(cfg)
         pipeline = Pipeline(cfg, store, encoder, records, progress=progress, stop=stop)
@@ -128,6 +152,7 @@ def sync(
     return ingest(paths, config, **kwargs)
 
 
+@scrubbed
 def search(
     query: str,
     config: Config | str | os.PathLike[str] | None = None,
@@ -149,11 +174,11 @@ def search(
         searcher.close()
 
 
+@scrubbed
 def stats(config: Config | str | os.PathLike[str] | None = None, **overrides: Any) -> dict[str, Any]:
     """What the records and the store hold for the configured collection."""
     cfg = resolve_config(config, **overrides)
-    path = default_path(cfg)
-    with Records(path) as records, _store(cfg) as store:
+    with _store(cfg) as store, Records(path := live_records_path(cfg, store)) as records:
         sources, chunks = records.counts()
         exists = store.has_collection(cfg.store.collection)
         return {
@@ -169,6 +194,7 @@ def stats(config: Config | str | os.PathLike[str] | None = None, **overrides: An
         }
 
 
+@scrubbed
 def drop(config: Config | str | os.PathLike[str] | None = None, **overrides: Any) -> dict[str, Any]:
     """Delete the configured collection and its records."""
     cfg = resolve_config(config, **overrides)

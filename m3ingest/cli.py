@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,12 @@ DeviceOpt = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: CUDA if av
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary text.")
 LogOpt = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+WaitOpt = typer.Option(
+    False, "--wait", help="Queue behind a run that holds the collection's lock (else exit 3 at once)."
+)
+WaitTimeoutOpt = typer.Option(
+    None, "--wait-timeout", help="With --wait: give up after this many seconds (exit 3)."
+)
 
 
 def _fail(message: str, code: ExitCode) -> NoReturn:
@@ -104,13 +111,17 @@ def _run_ingest(
     log_level: Optional[str],
     **overrides: Any,
 ) -> None:
+    from m3ingest.scheduler import stop_on_signals
+
     _setup(log_level, quiet or as_json)
-    with _user_errors():
+    stop = threading.Event()
+    with _user_errors(), stop_on_signals(stop):
         summary = api.ingest(
             paths,
             config,
             delete=delete,
             progress=not quiet and not as_json,
+            stop=stop,
             **overrides,
         )
     data = summary.to_dict()
@@ -143,6 +154,8 @@ def _ingest_command(delete_default: bool, doc: str) -> Callable[..., None]:
         as_json: bool = JsonOpt,
         quiet: bool = QuietOpt,
         log_level: Optional[str] = LogOpt,
+        wait: bool = WaitOpt,
+        wait_timeout: Optional[float] = WaitTimeoutOpt,
     ) -> None:
         _run_ingest(
             paths,
@@ -161,6 +174,8 @@ def _ingest_command(delete_default: bool, doc: str) -> Callable[..., None]:
             overlap=overlap,
             include=include or None,
             exclude=exclude or None,
+            wait=wait,
+            wait_timeout=wait_timeout,
         )
 
     command.__doc__ = doc
@@ -254,6 +269,116 @@ def drop_command(
         data = api.drop(config, backend=backend, uri=uri, collection=collection)
     _emit(data, as_json, lambda: [f"dropped {data['collection']}" if data["dropped"]
                                   else f"no collection {data['collection']}"], False)
+
+
+@app.command("verify")
+def verify_command(
+    paths: Optional[list[Path]] = typer.Argument(
+        None, help="With --repair: the folders the collection was ingested from."
+    ),
+    repair: bool = typer.Option(
+        False, "--repair", help="Delete orphan chunks and re-encode the missing ones."
+    ),
+    config: Optional[Path] = ConfigOpt,
+    backend: Optional[str] = BackendOpt,
+    uri: Optional[str] = UriOpt,
+    collection: Optional[str] = CollectionOpt,
+    wait: bool = WaitOpt,
+    wait_timeout: Optional[float] = WaitTimeoutOpt,
+    as_json: bool = JsonOpt,
+    log_level: Optional[str] = LogOpt,
+) -> None:
+    """Compare the records with the chunk ids the store holds; exit 5 on drift."""
+    from m3ingest.drift import verify
+
+    _setup(log_level)
+    with _user_errors():
+        result = verify(
+            config, repair=repair, paths=paths or (), wait=wait, wait_timeout=wait_timeout,
+            backend=backend, uri=uri, collection=collection,
+        )
+    data = result.to_dict()
+    _emit(data, as_json, result.lines, False)
+    raise typer.Exit(int(ExitCode.OK if result.clean else ExitCode.DRIFT))
+
+
+@app.command("rebuild")
+def rebuild_command(
+    paths: list[Path] = typer.Argument(..., help="Folders to ingest into the new version."),
+    keep: int = typer.Option(1, min=1, help="Versions that remain, the live one included."),
+    allow_failures: bool = typer.Option(
+        False, "--allow-failures", help="Switch even when some files failed."
+    ),
+    config: Optional[Path] = ConfigOpt,
+    backend: Optional[str] = BackendOpt,
+    uri: Optional[str] = UriOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+    chunk_size: Optional[int] = typer.Option(None, help="Chunk size in tokens."),
+    overlap: Optional[int] = typer.Option(None, help="Overlap between chunks in tokens."),
+    wait: bool = WaitOpt,
+    wait_timeout: Optional[float] = WaitTimeoutOpt,
+    report: Optional[Path] = typer.Option(None, help="Write the result as JSON here."),
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+    log_level: Optional[str] = LogOpt,
+) -> None:
+    """Build a new version of the collection, check it, and move the alias to it."""
+    from m3ingest.redact import redact_data
+    from m3ingest.scheduler import stop_on_signals
+    from m3ingest.versions import RebuildError, rebuild
+
+    _setup(log_level, quiet or as_json)
+    stop = threading.Event()
+    with _user_errors(), stop_on_signals(stop):
+        try:
+            result = rebuild(
+                paths, config, keep=keep, allow_failures=allow_failures, wait=wait,
+                wait_timeout=wait_timeout, progress=not quiet and not as_json, stop=stop,
+                backend=backend, uri=uri, collection=collection, model=model, device=device,
+                chunk_size=chunk_size, overlap=overlap,
+            )
+        except RebuildError as e:
+            _fail(f"{e}; the alias was not moved", ExitCode.FILES_FAILED)
+    data = result.summary()
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(redact_data(data), indent=2) + "\n", encoding="utf-8")
+    _emit(
+        data,
+        as_json,
+        lambda: [f"{result.alias} -> {result.collection} ({result.chunks} chunks)"]
+        + [f"dropped {name}" for name in result.dropped],
+        quiet,
+    )
+    failed = getattr(result.build, "files_failed", 0)
+    raise typer.Exit(int(ExitCode.FILES_FAILED if failed else ExitCode.OK))
+
+
+@app.command("schedule")
+def schedule_command(
+    paths: list[Path] = typer.Argument(..., help="Folders to sync at each scheduled time."),
+    cron: str = typer.Option(..., "--cron", help='When to run, in cron syntax, e.g. "0 3 * * *".'),
+    run_now: bool = typer.Option(False, "--run-now", help="Also run once right away."),
+    config: Optional[Path] = ConfigOpt,
+    backend: Optional[str] = BackendOpt,
+    uri: Optional[str] = UriOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+    report: Optional[Path] = typer.Option(None, help="Write each run's summary as JSON here."),
+    log_level: Optional[str] = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    """Run sync on a cron schedule until SIGTERM or Ctrl-C (stops between batches)."""
+    from m3ingest.scheduler import schedule
+
+    _setup(log_level, True)
+    with _user_errors():
+        schedule(
+            paths, config, cron=cron, run_now=run_now, report=report,
+            backend=backend, uri=uri, collection=collection, model=model, device=device,
+        )
 
 
 def main() -> None:

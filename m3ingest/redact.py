@@ -11,12 +11,13 @@ Three kinds of text are masked wherever output is produced:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
@@ -114,6 +115,22 @@ def _redact_record(record: logging.LogRecord) -> None:
         record.exc_text = redact(record.exc_text)
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def scrubbed(func: F) -> F:
+    """Decorate a library function so that the exceptions it raises carry no secret."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as e:
+            raise scrub_exception(e)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class SecretFilter(logging.Filter):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from m3ingest.connectors import ChunkRecord
-from m3ingest.rebuild import RebuildError, rebuild_with, versions
+from m3ingest.versions import RebuildError, rebuild_with, versions
 
 DIM = 8
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from m3ingest.schedule import Scheduler, next_fire, parse_cron
+from m3ingest.scheduler import Scheduler, next_fire, parse_cron
 
 UTC = timezone.utc
 
@@ -102,7 +102,7 @@ SCHEDULER = textwrap.dedent(
     """
     import logging, sys, time
     from m3ingest.logs import setup_logging
-    from m3ingest.schedule import Scheduler, stop_on_signals
+    from m3ingest.scheduler import Scheduler, stop_on_signals
 
     setup_logging("INFO")
     batches = []

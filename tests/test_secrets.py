@@ -102,3 +102,68 @@ def test_exceptions_are_scrubbed_with_their_causes(monkeypatch: pytest.MonkeyPat
         scrub_exception(outer)
         assert "pw-secret-1" not in str(outer)
         assert TOKEN not in str(outer.__cause__)
+
+
+# --- end to end: a store that fails, with credentials from the environment ----------------------
+
+DEAD_STORE = {
+    # A closed port: the connection is refused, retried with backoff, then the run stops.
+    "milvus": 'uri = "http://svc:${DB_PASSWORD}@127.0.0.1:9"\ntoken = "${DB_TOKEN}"',
+    "qdrant": 'uri = "http://svc:${DB_PASSWORD}@127.0.0.1:9"\napi_key = "${DB_TOKEN}"',
+}
+
+
+def dead_store_job(tmp_path, backend: str):
+    from pathlib import Path
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Title\n\nSome text to index.\n")
+    config = tmp_path / "job.toml"
+    tiny = (Path(__file__).parent / "fixtures" / "tiny-m3").as_posix()
+    config.write_text(
+        f'[store]\nbackend = "{backend}"\ncollection = "docs"\ntimeout = 2\n{DEAD_STORE[backend]}\n'
+        f'[model]\nname = "{tiny}"\ndevice = "cpu"\n'
+    )
+    env = {"DB_PASSWORD": PASSWORD, "DB_TOKEN": TOKEN}
+    return docs, config, env
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_failing_store_leaks_no_secret_to_stderr_json_or_report(tmp_path, backend) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from m3ingest.errors import ExitCode
+
+    docs, config, env = dead_store_job(tmp_path, backend)
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-c", "from m3ingest.cli import main; main()", "sync", str(docs),
+         "--config", str(config), "--json", "--report", str(report), "--log-level", "DEBUG"],
+        env=os.environ | env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == ExitCode.STORE_UNAVAILABLE, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"m3ingest: {backend}: ") and "failed" in message, message
+    outputs = [result.stdout, result.stderr, report.read_text() if report.exists() else ""]
+    for output in outputs:
+        assert TOKEN not in output and PASSWORD not in output
+
+
+def test_failing_store_exception_from_the_library_carries_no_secret(tmp_path, monkeypatch) -> None:
+    import m3ingest
+    from m3ingest.connectors import StoreError
+
+    docs, config, env = dead_store_job(tmp_path, "qdrant")
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(StoreError) as err:
+        m3ingest.sync([docs], config=m3ingest.load_config(config))
+    text = "".join(
+        str(e) + repr(e) for e in (err.value, err.value.__cause__, err.value.__context__) if e
+    )
+    assert "qdrant" in str(err.value)
+    assert TOKEN not in text and PASSWORD not in text

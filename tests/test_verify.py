@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
+import pytest
 
 from m3ingest.connectors import ChunkRecord
-from m3ingest.verify import compare, delete_orphans, find_drift
+from m3ingest.drift import compare, delete_orphans, find_drift
 
 DIM = 8
 
@@ -58,3 +59,95 @@ def test_drift_in_a_real_store_is_found_and_orphans_deleted(store, collection) -
     assert after.orphans == {} and after.missing == {"a.md": {a[2].id}}
     store.upsert(collection, [a[2]])
     assert find_drift(store, collection, recorded).clean
+
+
+# --- end to end: a real ingestion, drift made by hand, verify and repair --------------------------
+
+
+@pytest.fixture(params=["milvus", "qdrant"])
+def ingested(request, tmp_path):
+    from ingest_helpers import make_config, paragraphs
+
+    import m3ingest
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(4):
+        (docs / f"doc{i}.md").write_text(paragraphs(i, 6))
+    config = make_config(tmp_path, request.param)
+    summary = m3ingest.sync([docs], config)
+    assert summary.files_new == 4
+    return docs, config
+
+
+def test_verify_reports_drift_and_repair_restores_the_store(ingested) -> None:
+    import m3ingest
+    from m3ingest.api import live_records_path
+    from m3ingest.connectors import store_from_config
+    from m3ingest.records import Records
+
+    docs, config = ingested
+    assert m3ingest.verify(config).clean
+    with store_from_config(config.store) as store, Records(live_records_path(config, store)) as rec:
+        recorded = rec.chunk_ids()
+        lost = sorted(recorded["doc1.md"])[:2]
+        wiped = sorted(recorded["doc2.md"])
+        kept = store.get("docs", sorted(recorded["doc0.md"])[:1], with_vectors=True)[0]
+        store.delete("docs", lost + wiped)
+        kept.id, kept.source = str(uuid.uuid4()), "ghost.md"
+        store.upsert("docs", [kept])
+
+    found = m3ingest.verify(config)
+    assert not found.clean
+    assert found.drift.missing == {"doc1.md": set(lost), "doc2.md": set(wiped)}
+    assert found.drift.orphans == {"ghost.md": {kept.id}}
+    assert found.drift.sources_without_chunks == ["doc2.md"]
+
+    repaired = m3ingest.verify(config, repair=True, paths=[docs])
+    assert repaired.repaired and repaired.orphans_deleted == 1 and not repaired.deferred
+    assert repaired.reencoded == ["doc1.md", "doc2.md"]
+    assert repaired.after is not None and repaired.after.clean and repaired.clean
+    with store_from_config(config.store) as store:
+        assert store.ids_by_source("docs") == recorded
+
+
+def test_repair_without_folders_leaves_the_reencoding_to_the_next_sync(ingested) -> None:
+    import m3ingest
+    from m3ingest.api import live_records_path
+    from m3ingest.connectors import store_from_config
+    from m3ingest.records import Records
+
+    docs, config = ingested
+    with store_from_config(config.store) as store, Records(live_records_path(config, store)) as rec:
+        recorded = rec.chunk_ids()
+        store.delete("docs", sorted(recorded["doc3.md"])[:1])
+    result = m3ingest.verify(config, repair=True)
+    assert result.deferred and result.reencoded == ["doc3.md"]
+    summary = m3ingest.sync([docs], config)
+    assert summary.files_changed == 1 and summary.chunks_written == 1
+    assert m3ingest.verify(config).clean
+    with store_from_config(config.store) as store:
+        assert store.ids_by_source("docs") == recorded
+
+
+def test_cli_verify_exits_5_on_drift(ingested) -> None:
+    from typer.testing import CliRunner
+
+    from m3ingest.cli import app
+    from m3ingest.connectors import store_from_config
+
+    docs, config = ingested
+    file = docs.parent / "job.toml"
+    file.write_text(
+        f'[store]\nbackend = "{config.store.backend}"\nuri = "{config.store.uri}"\n'
+        f'collection = "docs"\n[model]\nname = "{config.model.name}"\ndevice = "cpu"\n'
+        f"[chunking]\nchunk_size = {config.chunking.chunk_size}\noverlap = {config.chunking.overlap}\n"
+    )
+    args = ["verify", "--config", str(file), "--json"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    with store_from_config(config.store) as store:
+        store.delete("docs", [sorted(next(iter(store.ids_by_source("docs").values())))[0]])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 5
+    assert '"missing_chunks": 1' in result.output
+    assert CliRunner().invoke(app, [*args, "--repair", str(docs)]).exit_code == 0

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from m3ingest.connectors import VectorStore
 from m3ingest.records import SourceRecord
+from m3ingest.redact import scrubbed
 
 if TYPE_CHECKING:
     from m3ingest.config import Config
@@ -83,7 +84,8 @@ def compare(
 
 def find_drift(store: VectorStore, collection: str, recorded: Mapping[str, Set[str]]) -> Drift:
     """The drift between ``recorded`` (source -> chunk ids) and the ids the store holds."""
-    return compare(collection, recorded, store.ids_by_source(collection))
+    stored = store.ids_by_source(collection) if store.has_collection(collection) else {}
+    return compare(collection, recorded, stored)
 
 
 def delete_orphans(store: VectorStore, drift: Drift) -> int:
@@ -104,8 +106,9 @@ class VerifyResult:
     pending: list[str] = field(default_factory=list)
     repaired: bool = False
     orphans_deleted: int = 0
-    #: Sources whose missing chunks were re-encoded (or, without folders, queued for the next sync).
+    #: Sources whose missing chunks were re-encoded (or, when ``deferred``, left for the next sync).
     reencoded: list[str] = field(default_factory=list)
+    deferred: bool = False
     #: The drift left after the repair (None without repair).
     after: Drift | None = None
 
@@ -113,6 +116,27 @@ class VerifyResult:
     def clean(self) -> bool:
         final = self.after if self.after is not None else self.drift
         return final.clean and (self.repaired or not self.pending)
+
+    def lines(self) -> list[str]:
+        """The human-readable report."""
+        d = self.drift.summary()
+        out = [
+            f"collection {d['collection']}: {d['chunks_recorded']} chunks recorded, "
+            f"{d['chunks_stored']} stored",
+            f"missing chunks: {d['missing_chunks']} "
+            f"(sources: {', '.join(d['sources_with_missing_chunks']) or '-'})",
+            f"orphan chunks: {d['orphan_chunks']} (sources: {', '.join(d['sources_with_orphans']) or '-'})",
+        ]
+        if self.pending:
+            out.append(f"left unfinished by a crashed run: {', '.join(self.pending)}")
+        if self.repaired:
+            verb = "to be re-encoded by the next sync" if self.deferred else "re-encoded"
+            out.append(
+                f"repaired: {self.orphans_deleted} orphan chunks deleted; "
+                f"{verb}: {', '.join(self.reencoded) or '-'}"
+            )
+        out.append("clean" if self.clean else "DRIFT (run `m3ingest verify --repair FOLDER...`)")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -124,32 +148,35 @@ class VerifyResult:
             out["repair"] = {
                 "orphans_deleted": self.orphans_deleted,
                 "sources_reencoded": self.reencoded,
+                "reencoding_deferred_to_next_sync": self.deferred,
                 "after": self.after.summary() if self.after else None,
             }
         return out
 
 
-def _mark_for_reprocessing(records: Records, sources: Set[str], missing: Mapping[str, Set[str]]) -> None:
+def _mark_for_reprocessing(records: Records, missing: Mapping[str, Set[str]]) -> None:
     # Keep the chunks the store still holds and clear the content hash: the next run re-reads the
     # source and encodes exactly the chunks that are missing.
-    for source in sources:
+    for source, ids in missing.items():
         record = records.get(source)
         if record is None:
             continue
-        kept = {cid: sig for cid, sig in record.chunks.items() if cid not in missing.get(source, ())}
+        kept = {cid: sig for cid, sig in record.chunks.items() if cid not in ids}
         if kept:
             records.commit(SourceRecord(source, -1, -1, "", kept))
         else:
             records.remove(source)
 
 
+@scrubbed
 def verify(
-    config: Config | None = None,
+    config: Config | str | os.PathLike[str] | None = None,
     *,
     repair: bool = False,
     paths: Sequence[str | os.PathLike[str]] = (),
     wait: bool = False,
     wait_timeout: float | None = None,
+    **overrides: Any,
 ) -> VerifyResult:
     """Compare the records of the configured collection with the chunk ids its store holds.
 
@@ -157,20 +184,20 @@ def verify(
     with missing chunks from ``paths`` (the folders they were ingested from; without them the
     next ``sync`` re-encodes those sources). Repair takes the collection lock.
     """
-    from m3ingest.config import load_config
+    from m3ingest.api import live_records_path, resolve_config
     from m3ingest.connectors import store_from_config
     from m3ingest.locking import collection_lock
-    from m3ingest.records import Records, default_path
+    from m3ingest.records import Records
     from m3ingest.redact import register_config
 
-    config = config or load_config()
+    config = resolve_config(config, **overrides)
     register_config(config)
     name = config.store.collection
     lock = collection_lock(config, wait=wait, timeout=wait_timeout) if repair else nullcontext()
     with lock:
         with store_from_config(config.store) as store:
             physical = store.resolve_alias(name) or name
-            records_path = default_path(_with_collection(config, physical))
+            records_path = live_records_path(config, store)
             with Records(records_path) as records:
                 pending = sorted(records.intents())
                 drift = find_drift(store, physical, records.chunk_ids())
@@ -181,18 +208,15 @@ def verify(
                 records.reconcile(store, physical)
                 current = find_drift(store, physical, records.chunk_ids())
                 result.orphans_deleted = delete_orphans(store, current)
-                _mark_for_reprocessing(records, set(current.missing), current.missing)
-                result.reencoded = sorted(current.missing)
+                _mark_for_reprocessing(records, current.missing)
+                result.reencoded = sorted(set(current.missing) | set(pending))
                 result.repaired = True
     if paths and result.reencoded:
         from m3ingest.api import ingest
 
         ingest(list(paths), config=config, wait=True, wait_timeout=wait_timeout)
+    else:
+        result.deferred = bool(result.reencoded)
     with store_from_config(config.store) as store, Records(records_path) as records:
         result.after = find_drift(store, physical, records.chunk_ids())
     return result
-
-
-def _with_collection(config: Config, collection: str) -> Config:
-    store = config.store.model_copy(update={"collection": collection})
-    return config.model_copy(update={"store": store})

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3ingest.connectors import StoreError, VectorStore
+from m3ingest.redact import scrubbed
 
 if TYPE_CHECKING:
     from m3ingest.config import Config
@@ -183,8 +184,10 @@ def _abandon(
         log.error("could not drop %r (%s); the next rebuild drops it", target, e)
 
 
-def _records_files(path: Path) -> list[Path]:
-    return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", ".lock"))]
+def _remove_records(path: Path, with_lock: bool) -> None:
+    suffixes = ["", "-wal", "-shm"] + ([".lock"] if with_lock else [])
+    for suffix in suffixes:
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _sample_search(store: VectorStore, encoder: M3Encoder, collection: str, ids: list[str]) -> None:
@@ -204,6 +207,7 @@ def _sample_search(store: VectorStore, encoder: M3Encoder, collection: str, ids:
         )
 
 
+@scrubbed
 def rebuild(
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     config: Config | str | os.PathLike[str] | None = None,
@@ -224,14 +228,17 @@ def rebuild(
     :class:`RebuildError` (alias unchanged) when the new version fails its checks.
     """
     from m3ingest import api
+    from m3ingest.config import ConfigError
     from m3ingest.connectors import store_from_config
+    from m3ingest.drift import find_drift
     from m3ingest.locking import collection_lock
     from m3ingest.records import Records, default_path
     from m3ingest.redact import register_config
-    from m3ingest.verify import find_drift
 
     cfg = api.resolve_config(config, **overrides)
     register_config(cfg)
+    if cfg.store.uri == ":memory:":
+        raise ConfigError("rebuild needs a store that outlives one connection, not ':memory:'")
     alias = cfg.store.collection
     stop = stop or threading.Event()
 
@@ -240,7 +247,11 @@ def rebuild(
 
     def build(target: str) -> Summary:
         nonlocal encoder
-        encoder = encoder or api._encoder(cfg)
+        if encoder is None:
+            from m3ingest.encoder import M3Encoder
+
+            m = cfg.model
+            encoder = M3Encoder(m.name, device=m.device, dtype=m.dtype, batch_tokens=m.batch_tokens)
         return api.sync(paths, version(target), stop=stop, encoder=encoder, progress=progress)
 
     def check(store: VectorStore, target: str, summary: Summary) -> int:
@@ -267,10 +278,9 @@ def rebuild(
 
     def on_drop(name: str) -> None:
         path = default_path(version(name))
-        if str(path) == ":memory:":
-            return
-        for file in _records_files(Path(path))[: None if name != alias else 3]:
-            file.unlink(missing_ok=True)
+        if str(path) != ":memory:":
+            # The alias's own lock file is held by this rebuild: it stays.
+            _remove_records(Path(path), with_lock=name != alias)
 
     with collection_lock(cfg, wait=wait, timeout=wait_timeout, stop=stop):
         return rebuild_with(

@@ -9,15 +9,21 @@ and returns, then the scheduler exits 0. A second signal stops at once.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from croniter import croniter
+
+if TYPE_CHECKING:
+    from m3ingest.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +31,11 @@ Job = Callable[[threading.Event], Any]
 
 
 def parse_cron(expression: str) -> str:
-    """The expression, checked; raises ``ValueError`` naming it when it is not a cron line."""
+    """The expression, checked; raises ``ConfigError`` naming it when it is not a cron line."""
+    from m3ingest.config import ConfigError
+
     if not croniter.is_valid(expression):
-        raise ValueError(
+        raise ConfigError(
             f"--cron {expression!r} is not a cron expression "
             "(five fields: minute hour day-of-month month day-of-week, e.g. '0 3 * * *')"
         )
@@ -130,3 +138,48 @@ class Scheduler:
         else:
             log.info("run scheduled for %s finished: %s", due.isoformat(timespec="seconds"), result)
         self.results.append(result)
+
+
+def schedule(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    config: Config | str | os.PathLike[str] | None = None,
+    *,
+    cron: str,
+    run_now: bool = False,
+    report: str | os.PathLike[str] | None = None,
+    stop: threading.Event | None = None,
+    max_runs: int | None = None,
+    **overrides: Any,
+) -> int:
+    """Run ``sync(paths, config)`` at every time ``cron`` matches, until stopped.
+
+    ``report``: each run's summary is written there as JSON (the last run's). A run that finds
+    the collection locked by another run is skipped. Signals are handled as described above when
+    called from the main thread. Returns the number of runs.
+    """
+    from m3ingest import api
+    from m3ingest.errors import ExitCode
+    from m3ingest.locking import CollectionLocked
+    from m3ingest.redact import redact_data, register_config
+
+    cfg = api.resolve_config(config, **overrides)
+    register_config(cfg)
+    parse_cron(cron)
+
+    def job(stop: threading.Event) -> int:
+        try:
+            summary = api.sync(paths, cfg, stop=stop)
+        except CollectionLocked as e:
+            log.warning("run skipped: %s", e)
+            return int(ExitCode.LOCKED)
+        for line in summary.lines():
+            log.info("%s", line)
+        if report is not None:
+            out = Path(report)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(redact_data(summary.to_dict()), indent=2) + "\n", "utf-8")
+        return int(summary.exit_code)
+
+    scheduler = Scheduler(cron, job, stop=stop, run_now=run_now)
+    with stop_on_signals(scheduler.stop):
+        return scheduler.run(max_runs)
