@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from contextlib import nullcontext
 
 import numpy as np
@@ -128,3 +129,55 @@ def test_first_rebuild_migrates_a_plain_collection_of_the_alias_name(store, alia
     assert alias not in store.list_collections()
     assert dropped_records == [alias]
     assert texts_behind(store, alias) == {"v1"}
+
+
+# --- end to end: real ingestion, migration of a plain collection, sync through the alias ---------
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_rebuild_end_to_end_with_migration_alias_sync_and_settings_change(tmp_path, backend) -> None:
+    from ingest_helpers import make_config, paragraphs
+
+    import m3ingest
+    from m3ingest.connectors import store_from_config
+    from m3ingest.errors import SettingsMismatchError
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"doc{i}.md").write_text(paragraphs(i, 5))
+    config = make_config(tmp_path, backend)
+    m3ingest.sync([docs], config)  # a plain collection "docs", built before any rebuild
+
+    first = m3ingest.rebuild([docs], config)
+    assert first.migrated and first.collection == "docs__v1"
+    hits = m3ingest.search("vector store chunk", config, k=3)
+    assert hits and all(h.metadata["source"].startswith("doc") for h in hits)
+
+    # sync goes through the alias, against the records of the version it points at.
+    (docs / "doc1.md").write_text(paragraphs(7, 5))
+    (docs / "doc2.md").unlink()
+    summary = m3ingest.sync([docs], config)
+    assert (summary.files_unchanged, summary.files_changed, summary.files_deleted) == (1, 1, 1)
+    assert m3ingest.verify(config).clean
+
+    # Other chunking: sync refuses and names rebuild; rebuild switches, keeping one old version.
+    rechunked = make_config(tmp_path, backend, chunk_size=32, overlap=4)
+    with pytest.raises(SettingsMismatchError, match="m3ingest rebuild"):
+        m3ingest.sync([docs], rechunked)
+    second = m3ingest.rebuild([docs], rechunked, keep=2)
+    assert second.previous == "docs__v1" and second.collection == "docs__v2" and second.dropped == []
+    assert m3ingest.sync([docs], rechunked).files_unchanged == 2
+    assert m3ingest.verify(rechunked).clean
+
+    # A rebuild whose files fail is refused: the alias stays, the half-built version is dropped.
+    (docs / "broken.txt").write_bytes(b"\x00\x01\x02 binary \xff\xfe" * 50)
+    with pytest.raises(RebuildError, match="failed"):
+        m3ingest.rebuild([docs], rechunked)
+    with store_from_config(rechunked.store) as store:
+        assert store.resolve_alias("docs") == "docs__v2"
+        assert sorted(versions(store, "docs").values()) == ["docs__v1", "docs__v2"]
+    third = m3ingest.rebuild([docs], rechunked, allow_failures=True)
+    assert third.collection == "docs__v3" and sorted(third.dropped) == ["docs__v1", "docs__v2"]
+    records = tmp_path / f"{Path(config.store.uri).name}.records"
+    assert sorted(p.name for p in records.glob("*.sqlite")) == ["docs__v3.sqlite"]
