@@ -49,8 +49,9 @@ def extract_html(path: Path, data: bytes) -> Document:
     import trafilatura
     from lxml import etree
 
+    # fast: no second-opinion extractors; metadata: only the title is used, found more cheaply below.
     xml = trafilatura.extract(
-        data, output_format="xml", include_tables=True, include_comments=False, with_metadata=True
+        data, output_format="xml", include_tables=True, include_comments=False, with_metadata=False, fast=True
     )
     if xml:
         root = etree.fromstring(xml.encode("utf-8"))
@@ -63,12 +64,27 @@ def extract_html(path: Path, data: bytes) -> Document:
                 block = "\n".join(" | ".join(_clean("".join(c.itertext())) for c in row.iter("cell")) for row in el.iter("row"))
             else:
                 block = _clean("".join(el.itertext()))
-            blocks.append((int(level.group(1)) if level else (2 if el.tag == "head" else None), block))
+            if el.tag == "head":
+                # Sphinx and similar generators end headings with a "¶" permalink.
+                blocks.append((int(level.group(1)) if level else 2, block.rstrip("¶ ")))
+            else:
+                blocks.append((None, block))
         text, starts, h1 = _build(blocks)
         if text.strip():
-            title = root.get("title") or h1
+            title = h1 or _html_title(data)
             return Document(text, sections_from_starts(text, starts), {"title": title} if title else {})
     return _html_body_text(path, data)
+
+
+def _html_title(data: bytes) -> str | None:
+    import lxml.html
+    from lxml import etree
+
+    try:
+        title = lxml.html.document_fromstring(data).findtext(".//title")
+    except (etree.ParserError, ValueError):
+        return None
+    return _clean(title) if title and title.strip() else None
 
 
 def _html_body_text(path: Path, data: bytes) -> Document:
