@@ -145,3 +145,29 @@ def test_dead_owner_on_this_host_is_stale_and_foreign_owner_needs_the_lease() ->
     elsewhere = LockOwner(proc.pid, "another-host.invalid", now, now)
     assert elsewhere.process_alive() is None
     assert not elsewhere.is_stale(lease=60) and elsewhere.is_stale(lease=60, now=now + 61)
+
+
+def test_cli_exits_3_when_the_collection_is_locked(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from m3ingest.cli import app
+    from m3ingest.config import load_config
+    from m3ingest.errors import ExitCode
+    from m3ingest.records import default_path
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("text")
+    uri = str(tmp_path / "m3.db")
+    config = load_config(overrides={"store": {"uri": uri, "collection": "docs"}})
+    proc = start_holder(lock_path(default_path(config)))
+    try:
+        args = ["sync", str(docs), "--uri", uri, "--collection", "docs"]
+        now = CliRunner().invoke(app, args)
+        assert now.exit_code == ExitCode.LOCKED
+        assert f"locked by pid {proc.pid}" in now.output
+        waited = CliRunner().invoke(app, [*args, "--wait", "--wait-timeout", "0.3"])
+        assert waited.exit_code == ExitCode.LOCKED and "after waiting" in waited.output
+    finally:
+        proc.kill()
+        proc.wait()

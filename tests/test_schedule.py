@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,97 @@ def test_sigterm_stops_between_batches_and_exits_cleanly() -> None:
     assert proc.returncode == 0, err
     assert "stopped between batches" in out and "exit after 1 run(s)" in out
     assert "SIGTERM received" in err
+
+
+def test_schedule_runs_the_sync_job_and_writes_its_report(tmp_path) -> None:
+    import json
+
+    from ingest_helpers import make_config, paragraphs
+
+    import m3ingest
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(paragraphs(1, 4))
+    config = make_config(tmp_path, "qdrant")
+    report = tmp_path / "reports" / "last.json"
+    runs = m3ingest.schedule(
+        [docs], config, cron="0 3 * * *", run_now=True, report=report, max_runs=1
+    )
+    assert runs == 1
+    assert json.loads(report.read_text())["files_new"] == 1
+    assert m3ingest.verify(config).clean
+
+
+def test_schedule_refuses_a_bad_cron_line_as_a_configuration_error() -> None:
+    from typer.testing import CliRunner
+
+    from m3ingest.cli import app
+    from m3ingest.errors import ExitCode
+
+    result = CliRunner().invoke(app, ["schedule", ".", "--cron", "every night"])
+    assert result.exit_code == ExitCode.CONFIG_ERROR and "not a cron expression" in result.output
+
+
+# --- the deployment examples in configs/deploy stay runnable --------------------------------------
+
+DEPLOY = Path(__file__).parent.parent / "configs" / "deploy"
+
+
+def deploy_commands() -> dict[str, list[str]]:
+    """The m3ingest arguments of each example (after the program name)."""
+    import shlex
+
+    import yaml
+
+    def after_program(words: list[str]) -> list[str]:
+        start = next(i for i, w in enumerate(words) if w.endswith("m3ingest")) + 1
+        end = words.index(">>") if ">>" in words else len(words)
+        return words[start:end]
+
+    out = {}
+    cron_line = next(
+        line for line in (DEPLOY / "crontab").read_text().splitlines() if line[:1].isdigit()
+    )
+    out["crontab"] = after_program(shlex.split(cron_line.split("&&", 1)[1]))
+    for unit in ("m3ingest-sync.service", "m3ingest-schedule.service"):
+        exec_line = next(
+            line for line in (DEPLOY / unit).read_text().splitlines() if line.startswith("ExecStart=")
+        )
+        out[unit] = after_program(shlex.split(exec_line.removeprefix("ExecStart=")))
+    job = yaml.safe_load((DEPLOY / "cronjob.yaml").read_text())
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    out["cronjob.yaml"] = after_program(container["args"])
+    return out
+
+
+@pytest.mark.parametrize(
+    "example", ["crontab", "m3ingest-sync.service", "m3ingest-schedule.service", "cronjob.yaml"]
+)
+def test_deploy_examples_are_valid_m3ingest_command_lines(example) -> None:
+    import typer
+
+    from m3ingest.cli import app
+
+    args = deploy_commands()[example]
+    group = typer.main.get_command(app)
+    command = group.commands[args[0]]
+    ctx = command.make_context(args[0], list(args[1:]))
+    assert ctx.params["config"] is not None
+    if args[0] == "schedule":
+        assert parse_cron(ctx.params["cron"])
+
+
+def test_deploy_schedules_and_configuration_are_valid(monkeypatch) -> None:
+    import yaml
+
+    from m3ingest.config import load_config
+
+    cron_line = next(
+        line for line in (DEPLOY / "crontab").read_text().splitlines() if line[:1].isdigit()
+    )
+    assert parse_cron(" ".join(cron_line.split()[:5]))
+    job = yaml.safe_load((DEPLOY / "cronjob.yaml").read_text())
+    assert parse_cron(job["spec"]["schedule"]) and job["spec"]["concurrencyPolicy"] == "Forbid"
+    config = load_config(DEPLOY / "m3ingest.toml", env={"MILVUS_TOKEN": "t0ken-value"})
+    assert config.store.token.get_secret_value() == "t0ken-value"
