@@ -33,7 +33,7 @@ from m3ingest.ids import chunk_id, text_hash
 from m3ingest.records import Records, SourceRecord
 
 if TYPE_CHECKING:
-    from m3ingest.chunking import Chunk
+    from m3ingest.chunking import Chunk, Chunker
     from m3ingest.config import Config
     from m3ingest.connectors import ChunkRecord, VectorStore
     from m3ingest.encoder import M3Encoder
@@ -114,6 +114,15 @@ class _Plan:
     rewrite: list[_Entry] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     pending: int = 0
+
+    def classify(self) -> None:
+        """Split the chunks into ones to encode, ones to rewrite, and held ids to delete."""
+        ids = {e.id for e in self.entries}
+        self.encode = [e for e in self.entries if e.id not in self.held]
+        self.rewrite = [
+            e for e in self.entries if e.id in self.held and self.held[e.id] != e.signature
+        ]
+        self.stale = [cid for cid in self.held if cid not in ids]
 
     def record(self) -> SourceRecord:
         f = self.file
@@ -267,6 +276,80 @@ def _encode(
     ]
 
 
+def prepare(
+    f: "SourceFile", held: SourceRecord | None, config: "Config", chunker: "Chunker"
+) -> _Plan | _Touch | _Failed:
+    """Read, extract and chunk a new or changed source (both executors run this per file)."""
+    from m3ingest.sources import ExtractionError, content_hash, extract, read_bytes
+
+    try:
+        data = read_bytes(f.path)
+        digest = content_hash(data)
+        if held is not None and held.content_hash == digest:
+            return _Touch(f)
+        doc = extract(f.path, data)
+        del data
+        chunks = chunker.chunk(doc)
+    except ExtractionError as e:
+        return _Failed(str(f.path), str(getattr(e, "reason", e)))
+    base = {**config.sources.metadata, **doc.metadata}
+    seen: dict[str, int] = {}
+    entries = []
+    for c in chunks:
+        h = text_hash(c.text)
+        seen[h] = seen.get(h, -1) + 1
+        metadata = {**base, "headings": list(c.headings)}
+        signature = text_hash(
+            json.dumps([c.index, c.start, c.end, metadata], sort_keys=True, default=str)
+        )
+        cid = chunk_id(config.store.collection, f.source_id, h, seen[h])
+        entries.append(_Entry(cid, c, h, metadata, signature))
+    return _Plan(f, digest, entries, dict(held.chunks) if held else {}, held is None)
+
+
+def unchanged(held: SourceRecord | None, f: "SourceFile") -> bool:
+    """Whether the records show ``f`` with the same size and mtime: skipped before reading."""
+    return (
+        held is not None
+        and bool(held.content_hash)
+        and (held.size, held.mtime_ns) == (f.size, f.mtime_ns)
+    )
+
+
+def start(result: _Plan | _Touch | _Failed, writer: _Writer, summary: Summary) -> _Plan | None:
+    """Count a prepared source and queue its intent and rewrites (and its commit when nothing is
+    left to encode); returns the plan when it has chunks to encode, to commit after their upsert."""
+    if isinstance(result, _Failed):
+        summary.fail(result.path, result.reason)
+        return None
+    if isinstance(result, _Touch):
+        summary.files_unchanged += 1
+        writer.put("touch", result.file)
+        return None
+    plan = result
+    if plan.is_new:
+        summary.files_new += 1
+    else:
+        summary.files_changed += 1
+    plan.classify()
+    writer.put("begin", plan)
+    if plan.rewrite:
+        writer.put("rewrite", plan)
+    if not plan.encode:
+        writer.put("commit", plan)
+        return None
+    return plan
+
+
+def removals(
+    records: Records, seen: set[str], unreadable: Sequence[str]
+) -> Iterable[SourceRecord]:
+    """The recorded sources a complete walk no longer found (outside unreadable folders)."""
+    return (
+        r for r in records.all() if r.source_id not in seen and not _under(r.source_id, unreadable)
+    )
+
+
 class Pipeline:
     """One ingest or sync run of a collection."""
 
@@ -308,31 +391,7 @@ class Pipeline:
         return chunker
 
     def _prepare(self, f: "SourceFile", held: SourceRecord | None) -> _Plan | _Touch | _Failed:
-        from m3ingest.sources import ExtractionError, content_hash, extract, read_bytes
-
-        try:
-            data = read_bytes(f.path)
-            digest = content_hash(data)
-            if held is not None and held.content_hash == digest:
-                return _Touch(f)
-            doc = extract(f.path, data)
-            del data
-            chunks = self._chunker().chunk(doc)
-        except ExtractionError as e:
-            return _Failed(str(f.path), str(getattr(e, "reason", e)))
-        base = {**self.config.sources.metadata, **doc.metadata}
-        seen: dict[str, int] = {}
-        entries = []
-        for c in chunks:
-            h = text_hash(c.text)
-            seen[h] = seen.get(h, -1) + 1
-            metadata = {**base, "headings": list(c.headings)}
-            signature = text_hash(
-                json.dumps([c.index, c.start, c.end, metadata], sort_keys=True, default=str)
-            )
-            cid = chunk_id(self.collection, f.source_id, h, seen[h])
-            entries.append(_Entry(cid, c, h, metadata, signature))
-        return _Plan(f, digest, entries, dict(held.chunks) if held else {}, held is None)
+        return prepare(f, held, self.config, self._chunker())
 
     # -- encoding side ----------------------------------------------------------------------
 
@@ -385,29 +444,8 @@ class Pipeline:
         def handle(result: _Plan | _Touch | _Failed) -> None:
             nonlocal buffered_tokens
             files_bar.update(1)
-            if isinstance(result, _Failed):
-                summary.fail(result.path, result.reason)
-                return
-            if isinstance(result, _Touch):
-                summary.files_unchanged += 1
-                writer.put("touch", result.file)
-                return
-            plan = result
-            if plan.is_new:
-                summary.files_new += 1
-            else:
-                summary.files_changed += 1
-            ids = {e.id for e in plan.entries}
-            plan.encode = [e for e in plan.entries if e.id not in plan.held]
-            plan.rewrite = [
-                e for e in plan.entries if e.id in plan.held and plan.held[e.id] != e.signature
-            ]
-            plan.stale = [cid for cid in plan.held if cid not in ids]
-            writer.put("begin", plan)
-            if plan.rewrite:
-                writer.put("rewrite", plan)
-            if not plan.encode:
-                writer.put("commit", plan)
+            plan = start(result, writer, summary)
+            if plan is None:
                 return
             plan.pending = len(plan.encode)
             open_plans.append(plan)
@@ -443,11 +481,7 @@ class Pipeline:
                             continue
                         seen.add(item.source_id)
                         held = self.records.get(item.source_id)
-                        if (
-                            held is not None
-                            and held.content_hash
-                            and (held.size, held.mtime_ns) == (item.size, item.mtime_ns)
-                        ):
+                        if unchanged(held, item):
                             summary.files_unchanged += 1
                             files_bar.update(1)
                             continue
@@ -463,9 +497,8 @@ class Pipeline:
                     for f in window:
                         f.cancel()
             if delete and walked_all and not self.stop.is_set():
-                for record in self.records.all():
-                    if record.source_id not in seen and not _under(record.source_id, unreadable):
-                        writer.put("remove", record)
+                for record in removals(self.records, seen, unreadable):
+                    writer.put("remove", record)
             writer.finish()
             if summary.chunks_written or summary.chunks_deleted:
                 self.store.flush(self.collection)  # Milvus searches unflushed rows by brute force
