@@ -53,9 +53,12 @@ def main() -> None:
     p.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto", help="also run M3Encoder in bf16 (auto: if native)")
     p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache")
     p.add_argument("--repeat", type=int, default=3, help="turns of M3Encoder vs FlagEmbedding's best batch")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice); 1 is steadiest on a busy machine")
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
 
     ckpt = build_random_checkpoint(

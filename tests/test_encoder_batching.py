@@ -31,6 +31,17 @@ def test_batches_cover_every_input_once_within_budget(seed):
     assert padded <= 1.1 * sum(lengths)
 
 
+def test_padding_stays_small_on_continuous_lengths():
+    rng = random.Random(7)
+    lengths = [int(rng.lognormvariate(5, 1.2)) + 3 for _ in range(500)]
+    batches = plan_batches(lengths, 16384)
+    for batch in batches:
+        sizes = [lengths[i] for i in batch]
+        assert min(sizes) >= 0.95 * max(sizes)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded <= 1.05 * sum(lengths)
+
+
 def test_batch_is_greedy_up_to_the_budget():
     assert plan_batches([10] * 10, 40) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert plan_batches([100, 3, 3], 50) == [[0], [1, 2]]

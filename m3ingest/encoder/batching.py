@@ -15,11 +15,14 @@ class BatchTooLargeError(RuntimeError):
     """A batch at the smallest allowed size still does not fit in device memory."""
 
 
-def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], batch_tokens: int, min_fill: float = 0.95
+) -> list[list[int]]:
     """Indices of ``lengths`` grouped into batches, longest first.
 
-    Each batch holds inputs of similar length, and its padded size (rows x longest row) stays
-    within ``batch_tokens``; an input longer than the budget gets a batch of its own.
+    Each batch holds inputs of similar length (none shorter than ``min_fill`` of its longest,
+    so padding stays small), and its padded size (rows x longest row) stays within
+    ``batch_tokens``; an input longer than the budget gets a batch of its own.
     """
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
@@ -28,7 +31,10 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     current: list[int] = []
     for i in order:
         # Sorted descending, so the first row of a batch is its longest.
-        if current and lengths[current[0]] * (len(current) + 1) > batch_tokens:
+        longest = lengths[current[0]] if current else 0
+        if current and (
+            longest * (len(current) + 1) > batch_tokens or lengths[i] < min_fill * longest
+        ):
             batches.append(current)
             current = []
         current.append(i)

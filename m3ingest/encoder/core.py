@@ -70,9 +70,8 @@ class M3Encoder:
         colbert_state = load_linear_head(self.path, COLBERT_HEAD)
         sparse_state = load_linear_head(self.path, SPARSE_HEAD)
         tok = self.tokenizer
-        ignored = sorted(
-            {t for t in (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if t is not None}
-        )
+        specials = (tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id)
+        ignored = sorted({t for t in specials if t is not None})
         self.devices = resolve_devices(device)
         self.device = self.devices[0]
         replicas: dict[torch.device, M3Model] = {}
