@@ -247,6 +247,7 @@ def rebuild(
 
     def build(target: str) -> Summary:
         nonlocal encoder
+        on_drop(target)  # a new version starts from empty records, whatever an old run left
         if encoder is None:
             from m3ingest.encoder import M3Encoder
 

@@ -167,3 +167,12 @@ def test_failing_store_exception_from_the_library_carries_no_secret(tmp_path, mo
     )
     assert "qdrant" in str(err.value)
     assert TOKEN not in text and PASSWORD not in text
+
+
+def test_log_levels_from_names_and_verbosity() -> None:
+    from m3ingest.logs import resolve_level
+
+    assert resolve_level() == logging.WARNING
+    assert resolve_level("info") == logging.INFO and resolve_level(verbose=2) == logging.DEBUG
+    with pytest.raises(ValueError, match="unknown log level"):
+        resolve_level("LOUD")
