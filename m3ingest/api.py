@@ -42,6 +42,9 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "exclude": ("sources", "exclude"),
     "metadata": ("sources", "metadata"),
     "records_path": ("records", "path"),
+    "executor": ("executor", "kind"),
+    "ray_address": ("executor", "ray_address"),
+    "encoders": ("executor", "encoders"),
 }
 
 
@@ -136,6 +139,11 @@ def ingest(
             store = stack.enter_context(_store(cfg))
         records = stack.enter_context(Records(live_records_path(cfg, store)))
         records.check_settings(settings_of(cfg), cfg.store.collection)
+        if cfg.executor.kind == "ray":
+            from m3ingest.ray_executor import RayPipeline
+
+            ray_run = RayPipeline(cfg, store, records, encoder=encoder, progress=progress, stop=stop)
+            return ray_run.run(roots, delete=delete)
         if encoder is None:
             encoder = _encoder(cfg)
         pipeline = Pipeline(cfg, store, encoder, records, progress=progress, stop=stop)

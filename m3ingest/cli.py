@@ -156,6 +156,13 @@ def _ingest_command(delete_default: bool, doc: str) -> Callable[..., None]:
         log_level: Optional[str] = LogOpt,
         wait: bool = WaitOpt,
         wait_timeout: Optional[float] = WaitTimeoutOpt,
+        executor: Optional[str] = typer.Option(
+            None, help="local (this process) or ray (Ray Data stages; pip install 'm3ingest[ray]')."
+        ),
+        ray_address: Optional[str] = typer.Option(
+            None, help="Ray cluster to join, e.g. auto or ray://head:10001 (default: local Ray)."
+        ),
+        encoders: Optional[int] = typer.Option(None, help="Ray encoder actors (default: one per GPU)."),
     ) -> None:
         _run_ingest(
             paths,
@@ -176,6 +183,9 @@ def _ingest_command(delete_default: bool, doc: str) -> Callable[..., None]:
             exclude=exclude or None,
             wait=wait,
             wait_timeout=wait_timeout,
+            executor=executor,
+            ray_address=ray_address,
+            encoders=encoders,
         )
 
     command.__doc__ = doc

@@ -109,6 +109,25 @@ class SearchConfig(_Section):
     filter: dict[str, Any] | None = None
 
 
+class ExecutorConfig(_Section):
+    """Where an ingest run's stages execute: in this process, or on Ray (docs/distributed.md)."""
+
+    kind: Literal["local", "ray"] = "local"
+    #: Ray cluster to join ("auto", "ray://head:10001"); default: start a local Ray runtime.
+    ray_address: str | None = None
+    #: Encoder actors, each holding one model; default: one per GPU of the cluster, else 1.
+    encoders: int | None = Field(None, ge=1)
+    #: GPUs per encoder actor; default: 1 when the cluster has GPUs, else 0.
+    encoder_gpus: float | None = Field(None, ge=0)
+    encoder_cpus: float = Field(1.0, gt=0)
+    #: Parallel read/extract/chunk tasks; default: as many as Ray schedules.
+    prepare_tasks: int | None = Field(None, ge=1)
+    #: Files per encoder call (their chunks are batched by tokens inside the call).
+    batch_files: int = Field(16, ge=1)
+    #: Restarts of a dead encoder actor and retries of a failed task.
+    retries: int = Field(3, ge=0)
+
+
 class Config(_Section):
     """The whole configuration of a job or an app."""
 
@@ -118,6 +137,7 @@ class Config(_Section):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
 def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:

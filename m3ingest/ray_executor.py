@@ -1,0 +1,314 @@
+"""The Ray executor: the ingest pipeline's stages as Ray Data stages, for many GPUs or machines.
+
+The driver (this process) lists the roots in one Ray task and decides from the records which
+files are new or changed, exactly as the local executor does. Reading, extraction and chunking
+run as Ray tasks (``pipeline.prepare``); encoding runs in an actor pool with one model per actor
+(one actor per GPU, or per CPU worker); the encoded chunks stream back to the driver, whose
+writer thread (``pipeline._Writer``, the local executor's) writes each source's intent, upserts
+its chunks in batches, deletes replaced ones and then commits its record. Every store write and
+record commit goes through the driver, so a store that only one process may open (a Milvus Lite
+file, a Qdrant local folder) works, and a crash anywhere is repaired by ``Records.reconcile``
+like a local run. Chunk ids come from content, so a retried task or a restarted actor writes the
+same ids again.
+
+Fault injection: ``M3INGEST_CRASH_AT`` (see ``m3ingest.faults``) reaches the encoder actors, whose
+point is ``encode_batch``. Ray is imported only here (the ``m3ingest[ray]`` extra).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from m3ingest.config import Config, ConfigError, StoreConfig
+from m3ingest.faults import ENV as CRASH_ENV
+from m3ingest.faults import crash_point
+from m3ingest.pipeline import (
+    Summary,
+    _encode,
+    _Plan,
+    _Writer,
+    prepare,
+    removals,
+    start,
+    unchanged,
+)
+from m3ingest.records import Records
+
+if TYPE_CHECKING:
+    from m3ingest.chunking import Chunker
+    from m3ingest.connectors import ChunkRecord, VectorStore
+    from m3ingest.encoder import M3Encoder
+
+log = logging.getLogger(__name__)
+
+#: Encoded chunks gathered from several sources before one upsert.
+WRITE_CHUNKS = 512
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ConfigError("executor 'ray' needs Ray Data: pip install 'm3ingest[ray]'") from None
+    return ray
+
+
+def _worker_config(config: Config) -> Config:
+    """The configuration handed to Ray workers: no store address or credentials."""
+    store = StoreConfig(backend=config.store.backend, collection=config.store.collection)
+    return config.model_copy(update={"store": store})
+
+
+# -- stages run by Ray workers ----------------------------------------------------------------
+
+
+def _list(roots: list[str], config: Config) -> list[Any]:
+    """Listing task: the walk of the roots, files and failures in order."""
+    from m3ingest.sources import walk
+
+    s = config.sources
+    return list(
+        walk(
+            [Path(r) for r in roots],
+            include=tuple(s.include),
+            exclude=tuple(s.exclude),
+            follow_symlinks=s.follow_symlinks,
+        )
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _chunker(model: str, chunk_size: int, overlap: int) -> "Chunker":
+    """One chunker per worker process and settings (a tokenizer, never the model weights)."""
+    from transformers import AutoTokenizer
+
+    from m3ingest.chunking import Chunker
+    from m3ingest.encoder.checkpoint import resolve_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(model))
+    return Chunker(tokenizer, chunk_size=chunk_size, overlap=overlap)
+
+
+def _prepare_row(row: dict[str, Any], config: Config) -> dict[str, Any]:
+    """Prepare task: read, extract and chunk one file, and split its chunks (encode/rewrite)."""
+    c = config.chunking
+    result = prepare(
+        row["file"], row["held"], config, _chunker(config.model.name, c.chunk_size, c.overlap)
+    )
+    if isinstance(result, _Plan):
+        result.classify()
+    return {"result": result}
+
+
+class _Encoder:
+    """Encoder actor: one model, loaded once, encodes the chunks of a batch of prepared files."""
+
+    def __init__(self, config: Config) -> None:
+        from m3ingest.encoder import M3Encoder
+
+        m = config.model
+        self.encoder = M3Encoder(
+            m.name, device=m.device, dtype=m.dtype, batch_tokens=m.batch_tokens
+        )
+        self.colbert = config.store.colbert
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        crash_point("encode_batch")
+        results = list(batch["result"])
+        plans = [r for r in results if isinstance(r, _Plan)]
+        entries = [e for p in plans for e in p.encode]
+        sources = [p.file.source_id for p in plans for _ in p.encode]
+        encoded = iter(_encode(self.encoder, sources, entries, self.colbert) if entries else [])
+        chunks = np.empty(len(results), dtype=object)
+        for i, r in enumerate(results):
+            chunks[i] = [next(encoded) for _ in r.encode] if isinstance(r, _Plan) else []
+        return {"result": batch["result"], "chunks": chunks}
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+class _DriverEncoder:
+    """The model's size for the collection schema, and a model loaded only if the writer needs
+    one (a held chunk missing from the store must be encoded again)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._encoder: M3Encoder | None = None
+        self._lock = threading.Lock()
+
+    @functools.cached_property
+    def dim(self) -> int:
+        from transformers import AutoConfig
+
+        from m3ingest.encoder.checkpoint import resolve_checkpoint
+
+        path = resolve_checkpoint(self._config.model.name)
+        return int(AutoConfig.from_pretrained(path).hidden_size)
+
+    def encode_ids(self, token_ids: Sequence[Sequence[int]], **kwargs: Any) -> Any:
+        with self._lock:
+            if self._encoder is None:
+                from m3ingest.encoder import M3Encoder
+
+                m = self._config.model
+                self._encoder = M3Encoder(
+                    m.name, device="cpu", dtype=m.dtype, batch_tokens=m.batch_tokens
+                )
+        return self._encoder.encode_ids(token_ids, **kwargs)
+
+
+class RayPipeline:
+    """One ingest or sync run of a collection on Ray; same results as ``pipeline.Pipeline``."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: "VectorStore",
+        records: Records,
+        *,
+        encoder: "M3Encoder | None" = None,
+        progress: bool = False,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.config, self.store, self.records = config, store, records
+        self.collection = config.store.collection
+        self.colbert = config.store.colbert
+        self.encoder: Any = encoder or _DriverEncoder(config)
+        self.progress = progress
+        self.stop = stop or threading.Event()
+
+    def _dataset(self, ray: Any, items: list[dict[str, Any]]) -> Any:
+        """Prepare tasks -> encoder actor pool, over the files to (re-)process."""
+        ex = self.config.executor
+        gpus_in_cluster = int(ray.cluster_resources().get("GPU", 0))
+        gpus = ex.encoder_gpus if ex.encoder_gpus is not None else (1 if gpus_in_cluster else 0)
+        actors = ex.encoders or (max(1, int(gpus_in_cluster / gpus)) if gpus else 1)
+        worker_config = _worker_config(self.config)
+        env = {CRASH_ENV: os.environ[CRASH_ENV]} if os.environ.get(CRASH_ENV) else {}
+        prepare_args: dict[str, Any] = {"max_retries": ex.retries}
+        if ex.prepare_tasks:
+            prepare_args["compute"] = ray.data.TaskPoolStrategy(size=ex.prepare_tasks)
+        return (
+            ray.data.from_items(items)
+            .map(_prepare_row, fn_kwargs={"config": worker_config}, num_cpus=1, **prepare_args)
+            .map_batches(
+                _Encoder,
+                fn_constructor_kwargs={"config": worker_config},
+                batch_size=ex.batch_files,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=gpus,
+                num_cpus=ex.encoder_cpus,
+                max_restarts=ex.retries,
+                max_task_retries=ex.retries,
+                runtime_env={"env_vars": env} if env else None,
+            )
+        )
+
+    def run(self, roots: Sequence[str | os.PathLike[str]], delete: bool = False) -> Summary:
+        """Ingest ``roots``; with ``delete``, remove the chunks of sources no longer there."""
+        ray = _ray()
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            address = self.config.executor.ray_address
+            try:
+                ray.init(address=address, configure_logging=False)
+            except ConnectionError as e:
+                raise ConfigError(
+                    f"cannot join the Ray cluster at {address}: {e}; check --ray-address"
+                    " (executor.ray_address)"
+                ) from None
+        try:
+            return self._run(ray, roots, delete)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    def _run(self, ray: Any, roots: Sequence[str | os.PathLike[str]], delete: bool) -> Summary:
+        from tqdm.auto import tqdm
+
+        from m3ingest.sources import SourceFailure
+
+        started = time.perf_counter()
+        summary = Summary()
+        self.records.reconcile(self.store, self.collection)
+        self.store.ensure_collection(self.collection, self.encoder.dim, self.colbert)
+        ray.data.DataContext.get_current().enable_progress_bars = self.progress
+        writer = _Writer(
+            self.store, self.records, self.collection, self.encoder, self.colbert, summary
+        )
+        writer.start()
+        files_bar = tqdm(desc="files", unit="file", disable=not self.progress, position=0)
+        chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not self.progress, position=1)
+        seen: set[str] = set()
+        unreadable: list[str] = []
+        items: list[dict[str, Any]] = []
+        pending: list[tuple[_Plan, list[ChunkRecord]]] = []
+
+        def flush() -> None:
+            if pending:
+                writer.put("upsert", [c for _, chunks in pending for c in chunks])
+                for plan, _ in pending:
+                    writer.put("commit", plan)
+                pending.clear()
+
+        try:
+            listing = ray.remote(_list).options(max_retries=self.config.executor.retries)
+            folders = [str(Path(r).absolute()) for r in roots]
+            walked = listing.remote(folders, _worker_config(self.config))
+            for item in ray.get(walked):
+                summary.files_seen += 1
+                if isinstance(item, SourceFailure):
+                    unreadable.append(item.source_id)
+                    files_bar.update(1)
+                    summary.fail(str(item.path), item.reason)
+                    continue
+                seen.add(item.source_id)
+                held = self.records.get(item.source_id)
+                if unchanged(held, item):
+                    summary.files_unchanged += 1
+                    files_bar.update(1)
+                    continue
+                items.append({"file": item, "held": held})
+            dataset = self._dataset(ray, items) if items else None
+            batches = dataset.iter_batches(batch_size=None, batch_format="numpy") if dataset else ()
+            for batch in batches:
+                for result, chunks in zip(batch["result"], batch["chunks"]):
+                    files_bar.update(1)
+                    plan = start(result, writer, summary)
+                    if plan is None:
+                        continue
+                    summary.tokens_encoded += sum(len(e.chunk.token_ids) for e in plan.encode)
+                    chunks_bar.update(len(chunks))
+                    pending.append((plan, chunks))
+                    if sum(len(c) for _, c in pending) >= WRITE_CHUNKS:
+                        flush()
+                if self.stop.is_set():
+                    break
+            flush()
+            if delete and not self.stop.is_set():
+                for record in removals(self.records, seen, unreadable):
+                    writer.put("remove", record)
+            writer.finish()
+            if summary.chunks_written or summary.chunks_deleted:
+                self.store.flush(self.collection)
+        finally:
+            files_bar.close()
+            chunks_bar.close()
+            if writer.is_alive():
+                writer.jobs.put(None)
+                writer.join()
+        summary.stopped = self.stop.is_set()
+        summary.seconds = round(time.perf_counter() - started, 3)
+        return summary

@@ -1,0 +1,138 @@
+"""The Ray executor against the local one, on a local Ray runtime and real embedded stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import m3ingest
+from m3ingest.config import Config
+from m3ingest.connectors import RetryPolicy, open_store
+from m3ingest.encoder import M3Encoder
+from m3ingest.records import Records, default_path
+
+from ingest_helpers import TINY, make_config, paragraphs
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_runtime():
+    # 4 logical CPUs on any machine: the prepare tasks keep a slot beside two encoder actors.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def encoder() -> M3Encoder:
+    return M3Encoder(str(TINY), device="cpu", dtype="float32", batch_tokens=256)
+
+
+def on_ray(**executor) -> dict:
+    return {"executor": {"kind": "ray", "encoders": 1, "batch_files": 2, **executor}}
+
+
+def write_corpus(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    alpha = "# Alpha\n\n" + paragraphs(1, 4) + "\n\n## Beta\n\n" + paragraphs(2, 2)
+    (folder / "a.md").write_text(alpha)
+    (folder / "b.txt").write_text(paragraphs(3, 3))
+    (folder / "sub").mkdir(exist_ok=True)
+    (folder / "sub" / "c.rst").write_text("Gamma\n=====\n\n" + paragraphs(4, 3) + "\n")
+    (folder / "d.txt").write_text(paragraphs(5, 2))
+
+
+def change_corpus(folder: Path) -> None:
+    a = (folder / "a.md").read_text().split("\n\n")
+    a[2] = "This paragraph was rewritten between the runs."
+    (folder / "a.md").write_text("\n\n".join(a))
+    (folder / "b.txt").unlink()
+    (folder / "e.txt").write_text(paragraphs(7, 2))
+
+
+def contents(config: Config) -> dict[str, tuple]:
+    """chunk id -> (payload, dense, sparse) of everything in the store."""
+    # Retries: an idle Milvus Lite server may refuse the first connection ("too many pings").
+    policy = RetryPolicy(attempts=4, initial_wait=0.2)
+    with open_store(config.store.backend, config.store.uri, retry_policy=policy) as store:
+        name = config.store.collection
+        ids = sorted(i for ids in store.ids_by_source(name).values() for i in ids)
+        return {
+            c.id: (
+                (c.text, c.source, c.chunk_index, c.start, c.end, c.content_hash, c.metadata),
+                np.asarray(c.dense),
+                dict(c.sparse),
+            )
+            for c in store.get(name, ids, with_vectors=True)
+        }
+
+
+def assert_same_store(ray_config: Config, local_config: Config) -> None:
+    got, want = contents(ray_config), contents(local_config)
+    assert got.keys() == want.keys() and got
+    for cid, (payload, dense, sparse) in want.items():
+        assert got[cid][0] == payload
+        np.testing.assert_allclose(got[cid][1], dense, atol=1e-5)
+        assert got[cid][2].keys() == sparse.keys()
+        np.testing.assert_allclose(list(got[cid][2].values()), list(sparse.values()), atol=1e-5)
+    with Records(default_path(ray_config)) as records:
+        assert records.chunk_ids() == {
+            s: {cid for cid, v in got.items() if v[0][1] == s} for s in records.source_ids()
+        }
+
+
+def counts(summary) -> tuple:
+    s = summary
+    return (s.files_new, s.files_changed, s.files_unchanged, s.files_deleted, s.files_failed,
+            s.chunks_written, s.chunks_deleted, s.tokens_encoded)
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_ray_and_local_build_the_same_store(tmp_path, backend, encoder):
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "ray").mkdir()
+    local = make_config(tmp_path / "local", backend)
+    distributed = make_config(tmp_path / "ray", backend)
+
+    first_local = m3ingest.ingest(folder, local, encoder=encoder)
+    first_ray = m3ingest.ingest(folder, distributed, **on_ray())
+    assert counts(first_ray) == counts(first_local) and first_ray.files_new == 4
+    assert_same_store(distributed, local)
+
+    change_corpus(folder)
+    second_local = m3ingest.sync(folder, local, encoder=encoder)
+    second_ray = m3ingest.sync(folder, distributed, **on_ray())
+    assert counts(second_ray) == counts(second_local)
+    assert (second_ray.files_new, second_ray.files_changed, second_ray.files_deleted) == (1, 1, 1)
+    assert_same_store(distributed, local)
+
+    again = m3ingest.sync(folder, distributed, **on_ray())
+    assert again.files_unchanged == 4 and again.tokens_encoded == 0
+
+
+def test_killed_encoder_actor_is_restarted_and_the_run_completes(tmp_path, encoder, monkeypatch):
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "ray").mkdir()
+    local = make_config(tmp_path / "local", "milvus")
+    distributed = make_config(tmp_path / "ray", "milvus")
+    m3ingest.ingest(folder, local, encoder=encoder)
+
+    # Every encoder actor dies (SIGKILL) on its second batch; one file per batch.
+    monkeypatch.setenv("M3INGEST_CRASH_AT", "encode_batch:2")
+    with pytest.raises(ray.exceptions.RayError):  # with no restarts, the killed actor ends the run
+        m3ingest.ingest(folder, distributed, **on_ray(batch_files=1, retries=0))
+    with Records(default_path(distributed)) as records:
+        recorded = records.chunk_ids()
+    assert len(recorded) < 4
+    assert {cid for ids in recorded.values() for cid in ids} <= contents(distributed).keys()
+
+    summary = m3ingest.ingest(folder, distributed, **on_ray(batch_files=1, retries=8))
+    assert summary.files_failed == 0 and summary.files_new + summary.files_unchanged == 4
+    assert_same_store(distributed, local)
