@@ -124,8 +124,9 @@ class ExecutorConfig(_Section):
     prepare_tasks: int | None = Field(None, ge=1)
     #: Files per encoder call (their chunks are batched by tokens inside the call).
     batch_files: int = Field(16, ge=1)
-    #: Restarts of a dead encoder actor and retries of a failed task.
-    retries: int = Field(3, ge=0)
+    #: Restarts of a dead encoder actor and retries of a failed task; default: Ray Data's
+    #: (actors restarted without limit, tasks retried a few times).
+    retries: int | None = Field(None, ge=0)
 
 
 class Config(_Section):

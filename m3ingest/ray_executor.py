@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: Encoded chunks gathered from several sources before one upsert.
 WRITE_CHUNKS = 512
+#: Memory reserved per prepare task (bytes).
+PREPARE_MEMORY = 512 * 2**20
 
 
 def _ray() -> Any:
@@ -196,12 +198,24 @@ class RayPipeline:
         actors = ex.encoders or (max(1, int(gpus_in_cluster / gpus)) if gpus else 1)
         worker_config = _worker_config(self.config)
         env = {CRASH_ENV: os.environ[CRASH_ENV]} if os.environ.get(CRASH_ENV) else {}
-        prepare_args: dict[str, Any] = {"max_retries": ex.retries}
+        prepare_args: dict[str, Any] = {}
+        restarts: dict[str, int] = {}
+        if ex.retries is not None:  # else Ray Data's defaults: actors restarted, tasks retried
+            prepare_args["max_retries"] = ex.retries
+            restarts = {"max_restarts": ex.retries, "max_task_retries": ex.retries}
         if ex.prepare_tasks:
             prepare_args["compute"] = ray.data.TaskPoolStrategy(size=ex.prepare_tasks)
         return (
             ray.data.from_items(items)
-            .map(_prepare_row, fn_kwargs={"config": worker_config}, num_cpus=1, **prepare_args)
+            .map(
+                _prepare_row,
+                fn_kwargs={"config": worker_config},
+                num_cpus=1,
+                # A file is extracted whole; the reservation also keeps Ray Data from fusing
+                # this stage into the encoder actors (it fuses stages with equal resources).
+                memory=PREPARE_MEMORY,
+                **prepare_args,
+            )
             .map_batches(
                 _Encoder,
                 fn_constructor_kwargs={"config": worker_config},
@@ -210,9 +224,8 @@ class RayPipeline:
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_gpus=gpus,
                 num_cpus=ex.encoder_cpus,
-                max_restarts=ex.retries,
-                max_task_retries=ex.retries,
                 runtime_env={"env_vars": env} if env else None,
+                **restarts,
             )
         )
 
@@ -264,7 +277,8 @@ class RayPipeline:
                 pending.clear()
 
         try:
-            listing = ray.remote(_list).options(max_retries=self.config.executor.retries)
+            retries = self.config.executor.retries
+            listing = ray.remote(_list).options(max_retries=3 if retries is None else retries)
             folders = [str(Path(r).absolute()) for r in roots]
             walked = listing.remote(folders, _worker_config(self.config))
             for item in ray.get(walked):
