@@ -18,7 +18,6 @@ point is ``encode_batch``. Ray is imported only here (the ``m3ingest[ray]`` extr
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import threading
 import time
@@ -47,8 +46,6 @@ if TYPE_CHECKING:
     from m3ingest.chunking import Chunker
     from m3ingest.connectors import ChunkRecord, VectorStore
     from m3ingest.encoder import M3Encoder
-
-log = logging.getLogger(__name__)
 
 #: Encoded chunks gathered from several sources before one upsert.
 WRITE_CHUNKS = 512

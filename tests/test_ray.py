@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
+from typer.testing import CliRunner
 
 import m3ingest
+from m3ingest.cli import app
 from m3ingest.config import Config
 from m3ingest.connectors import RetryPolicy, open_store
 from m3ingest.encoder import M3Encoder
 from m3ingest.records import Records, default_path
 
 from ingest_helpers import TINY, make_config, paragraphs
-
-ray = pytest.importorskip("ray")
-
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_runtime():
@@ -136,3 +137,16 @@ def test_killed_encoder_actor_is_restarted_and_the_run_completes(tmp_path, encod
     summary = m3ingest.ingest(folder, distributed, **on_ray(batch_files=1, retries=8))
     assert summary.files_failed == 0 and summary.files_new + summary.files_unchanged == 4
     assert_same_store(distributed, local)
+
+
+def test_cli_executor_option(tmp_path):
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    store = ["--backend", "qdrant", "--uri", str(tmp_path / "qdrant"), "--model", str(TINY),
+             "--device", "cpu", "--json"]
+    done = CliRunner().invoke(app, ["ingest", str(folder), *store, "--executor", "ray"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["files_new"] == 4
+
+    wrong = CliRunner().invoke(app, ["ingest", str(folder), *store, "--executor", "spark"])
+    assert wrong.exit_code == 2 and "executor" in wrong.stderr
