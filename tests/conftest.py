@@ -1,8 +1,16 @@
 """Shared pytest fixtures."""
 
+import os
 import uuid
 
 import pytest
+
+
+def pytest_sessionstart(session):
+    """Tests set what they need: M3INGEST_* variables of the caller's shell (or CI) must not leak in."""
+    for name in [n for n in os.environ if n.startswith("M3INGEST_")]:
+        del os.environ[name]
+
 
 # --- connectors: one store per backend and test module, a fresh collection per test ---------------
 
