@@ -124,6 +124,35 @@ def test_bad_inputs_fail_alone_and_keep_old_chunks(tmp_path, backend, encoder):
     assert sum(len(c[0]) for c in held["long.txt"].values()) >= len("word " * 20000) * 0.9
 
 
+def test_file_vanishing_mid_run_fails_alone_and_keeps_old_chunks(tmp_path, backend, encoder, monkeypatch):
+    import m3ingest.sources as sources
+
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    config = make_config(tmp_path, backend)
+    run(folder, config, encoder)
+    before = snapshot(config)["b.txt"]
+    (folder / "b.txt").write_text(paragraphs(9, 2))
+    (folder / "new.txt").write_text("A new file ingested in the same run.")
+
+    real_walk = sources.walk
+
+    def walk_then_vanish(*args, **kwargs):
+        for item in real_walk(*args, **kwargs):
+            if getattr(item, "source_id", None) == "b.txt":
+                item.path.unlink()  # listed and stat-ed by the walk, gone before it is read
+            yield item
+
+    monkeypatch.setattr(sources, "walk", walk_then_vanish)
+    summary = run(folder, config, encoder, delete=True)
+
+    assert [(Path(f["path"]).name, f["reason"]) for f in summary.failures] == [("b.txt", "file disappeared")]
+    assert summary.exit_code == ExitCode.FILES_FAILED
+    held = snapshot(config)
+    assert held["b.txt"] == before
+    assert "new.txt" in held and "a.md" in held and "sub/c.rst" in held
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file_is_reported(tmp_path, backend, encoder):
     folder = tmp_path / "docs"
