@@ -397,22 +397,14 @@ class Pipeline:
 
     def run(self, roots: Sequence[str | os.PathLike[str]], delete: bool = False) -> Summary:
         """Ingest ``roots``; with ``delete``, remove the chunks of sources no longer there."""
-        from tqdm.auto import tqdm
-
         from m3ingest.sources import SourceFailure, walk
 
-        started = time.perf_counter()
-        summary = Summary()
-        self.records.reconcile(self.store, self.collection)
-        self.store.ensure_collection(self.collection, self.encoder.dim, self.colbert)
-        writer = _Writer(
-            self.store, self.records, self.collection, self.encoder, self.colbert, summary
+        run = Run(
+            self.store, self.records, self.collection, self.encoder, self.colbert,
+            self.progress, self.stop,
         )
-        writer.start()
-        files_bar = tqdm(desc="files", unit="file", disable=not self.progress, position=0)
-        chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not self.progress, position=1)
-        seen: set[str] = set()
-        unreadable: list[str] = []
+        summary, writer, started = run.summary, run.writer, run.started
+        files_bar, chunks_bar, seen, unreadable = run.files_bar, run.chunks_bar, run.seen, run.unreadable
         window: deque[Future[_Plan | _Touch | _Failed]] = deque()
         buffer: list[tuple[_Entry, _Plan]] = []
         open_plans: list[_Plan] = []
@@ -496,21 +488,58 @@ class Pipeline:
                 finally:
                     for f in window:
                         f.cancel()
-            if delete and walked_all and not self.stop.is_set():
-                for record in removals(self.records, seen, unreadable):
-                    writer.put("remove", record)
-            writer.finish()
-            if summary.chunks_written or summary.chunks_deleted:
-                self.store.flush(self.collection)  # Milvus searches unflushed rows by brute force
+            run.end(delete=delete and walked_all)
         finally:
-            files_bar.close()
-            chunks_bar.close()
-            if writer.is_alive():
-                writer.jobs.put(None)
-                writer.join()
-        summary.stopped = self.stop.is_set()
-        summary.seconds = round(time.perf_counter() - started, 3)
+            run.close()
         return summary
+
+
+class Run:
+    """What one run of either executor holds: the records reconciled and the collection ready,
+    the writer thread, the progress bars, the sources seen and the summary."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        records: Records,
+        collection: str,
+        encoder: M3Encoder,
+        colbert: bool,
+        progress: bool,
+        stop: threading.Event,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.started = time.perf_counter()
+        self.summary = Summary()
+        self.store, self.records, self.collection, self.stop = store, records, collection, stop
+        records.reconcile(store, collection)
+        store.ensure_collection(collection, encoder.dim, colbert)
+        self.writer = _Writer(store, records, collection, encoder, colbert, self.summary)
+        self.writer.start()
+        self.files_bar = tqdm(desc="files", unit="file", disable=not progress, position=0)
+        self.chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not progress, position=1)
+        self.seen: set[str] = set()
+        self.unreadable: list[str] = []
+
+    def end(self, delete: bool) -> None:
+        """Remove the sources no longer seen (with ``delete``), wait for every write, flush."""
+        if delete and not self.stop.is_set():
+            for record in removals(self.records, self.seen, self.unreadable):
+                self.writer.put("remove", record)
+        self.writer.finish()
+        if self.summary.chunks_written or self.summary.chunks_deleted:
+            self.store.flush(self.collection)  # Milvus searches unflushed rows by brute force
+
+    def close(self) -> None:
+        """Close the bars, stop the writer if an error left it running, time the summary."""
+        self.files_bar.close()
+        self.chunks_bar.close()
+        if self.writer.is_alive():
+            self.writer.jobs.put(None)
+            self.writer.join()
+        self.summary.stopped = self.stop.is_set()
+        self.summary.seconds = round(time.perf_counter() - self.started, 3)
 
 
 def _under(source_id: str, folders: Iterable[str]) -> bool:

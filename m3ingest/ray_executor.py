@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,12 +30,11 @@ from m3ingest.config import Config, ConfigError, StoreConfig
 from m3ingest.faults import ENV as CRASH_ENV
 from m3ingest.faults import crash_point
 from m3ingest.pipeline import (
+    Run,
     Summary,
     _encode,
     _Plan,
-    _Writer,
     prepare,
-    removals,
     start,
     unchanged,
 )
@@ -246,23 +244,15 @@ class RayPipeline:
                 ray.shutdown()
 
     def _run(self, ray: Any, roots: Sequence[str | os.PathLike[str]], delete: bool) -> Summary:
-        from tqdm.auto import tqdm
-
         from m3ingest.sources import SourceFailure
 
-        started = time.perf_counter()
-        summary = Summary()
-        self.records.reconcile(self.store, self.collection)
-        self.store.ensure_collection(self.collection, self.encoder.dim, self.colbert)
         ray.data.DataContext.get_current().enable_progress_bars = self.progress
-        writer = _Writer(
-            self.store, self.records, self.collection, self.encoder, self.colbert, summary
+        run = Run(
+            self.store, self.records, self.collection, self.encoder, self.colbert,
+            self.progress, self.stop,
         )
-        writer.start()
-        files_bar = tqdm(desc="files", unit="file", disable=not self.progress, position=0)
-        chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not self.progress, position=1)
-        seen: set[str] = set()
-        unreadable: list[str] = []
+        summary, writer = run.summary, run.writer
+        files_bar, chunks_bar, seen, unreadable = run.files_bar, run.chunks_bar, run.seen, run.unreadable
         items: list[dict[str, Any]] = []
         pending: list[tuple[_Plan, list[ChunkRecord]]] = []
 
@@ -308,18 +298,7 @@ class RayPipeline:
                 if self.stop.is_set():
                     break
             flush()
-            if delete and not self.stop.is_set():
-                for record in removals(self.records, seen, unreadable):
-                    writer.put("remove", record)
-            writer.finish()
-            if summary.chunks_written or summary.chunks_deleted:
-                self.store.flush(self.collection)
+            run.end(delete=delete)
         finally:
-            files_bar.close()
-            chunks_bar.close()
-            if writer.is_alive():
-                writer.jobs.put(None)
-                writer.join()
-        summary.stopped = self.stop.is_set()
-        summary.seconds = round(time.perf_counter() - started, 3)
+            run.close()
         return summary
