@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from m3ingest.config import Config
     from m3ingest.connectors import ChunkRecord, VectorStore
     from m3ingest.encoder import M3Encoder
-    from m3ingest.sources import SourceFile
+    from m3ingest.sources import SourceFailure, SourceFile
 
 log = logging.getLogger(__name__)
 
@@ -397,14 +397,14 @@ class Pipeline:
 
     def run(self, roots: Sequence[str | os.PathLike[str]], delete: bool = False) -> Summary:
         """Ingest ``roots``; with ``delete``, remove the chunks of sources no longer there."""
-        from m3ingest.sources import SourceFailure, walk
+        from m3ingest.sources import walk
 
         run = Run(
             self.store, self.records, self.collection, self.encoder, self.colbert,
             self.progress, self.stop,
         )
         summary, writer, started = run.summary, run.writer, run.started
-        files_bar, chunks_bar, seen, unreadable = run.files_bar, run.chunks_bar, run.seen, run.unreadable
+        files_bar, chunks_bar = run.files_bar, run.chunks_bar
         window: deque[Future[_Plan | _Touch | _Failed]] = deque()
         buffer: list[tuple[_Entry, _Plan]] = []
         open_plans: list[_Plan] = []
@@ -458,26 +458,10 @@ class Pipeline:
                     ):
                         if self.stop.is_set():
                             break
-                        summary.files_seen += 1
-                        if isinstance(item, SourceFailure):
-                            unreadable.append(item.source_id)
-                            files_bar.update(1)
-                            summary.fail(str(item.path), item.reason)
+                        admitted = run.admit(item)
+                        if admitted is None:
                             continue
-                        if item.source_id in seen:
-                            files_bar.update(1)
-                            summary.fail(
-                                str(item.path),
-                                f"another ingest root already has a file {item.source_id}",
-                            )
-                            continue
-                        seen.add(item.source_id)
-                        held = self.records.get(item.source_id)
-                        if unchanged(held, item):
-                            summary.files_unchanged += 1
-                            files_bar.update(1)
-                            continue
-                        window.append(pool.submit(self._prepare, item, held))
+                        window.append(pool.submit(self._prepare, *admitted))
                         while len(window) >= 2 * self.workers or (window and window[0].done()):
                             handle(window.popleft().result())
                     else:
@@ -521,6 +505,32 @@ class Run:
         self.chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not progress, position=1)
         self.seen: set[str] = set()
         self.unreadable: list[str] = []
+
+    def admit(
+        self, item: SourceFile | SourceFailure
+    ) -> tuple[SourceFile, SourceRecord | None] | None:
+        """Count one walked item; the file and its record when it must be prepared, else None."""
+        from m3ingest.sources import SourceFailure
+
+        self.summary.files_seen += 1
+        if isinstance(item, SourceFailure):
+            self.unreadable.append(item.source_id)
+            self.files_bar.update(1)
+            self.summary.fail(str(item.path), item.reason)
+            return None
+        if item.source_id in self.seen:
+            self.files_bar.update(1)
+            self.summary.fail(
+                str(item.path), f"another ingest root already has a file {item.source_id}"
+            )
+            return None
+        self.seen.add(item.source_id)
+        held = self.records.get(item.source_id)
+        if unchanged(held, item):
+            self.summary.files_unchanged += 1
+            self.files_bar.update(1)
+            return None
+        return item, held
 
     def end(self, delete: bool) -> None:
         """Remove the sources no longer seen (with ``delete``), wait for every write, flush."""

@@ -36,7 +36,6 @@ from m3ingest.pipeline import (
     _Plan,
     prepare,
     start,
-    unchanged,
 )
 from m3ingest.records import Records
 
@@ -244,15 +243,13 @@ class RayPipeline:
                 ray.shutdown()
 
     def _run(self, ray: Any, roots: Sequence[str | os.PathLike[str]], delete: bool) -> Summary:
-        from m3ingest.sources import SourceFailure
-
         ray.data.DataContext.get_current().enable_progress_bars = self.progress
         run = Run(
             self.store, self.records, self.collection, self.encoder, self.colbert,
             self.progress, self.stop,
         )
         summary, writer = run.summary, run.writer
-        files_bar, chunks_bar, seen, unreadable = run.files_bar, run.chunks_bar, run.seen, run.unreadable
+        files_bar, chunks_bar = run.files_bar, run.chunks_bar
         items: list[dict[str, Any]] = []
         pending: list[tuple[_Plan, list[ChunkRecord]]] = []
 
@@ -269,19 +266,9 @@ class RayPipeline:
             folders = [str(Path(r).absolute()) for r in roots]
             walked = listing.remote(folders, _worker_config(self.config))
             for item in ray.get(walked):
-                summary.files_seen += 1
-                if isinstance(item, SourceFailure):
-                    unreadable.append(item.source_id)
-                    files_bar.update(1)
-                    summary.fail(str(item.path), item.reason)
-                    continue
-                seen.add(item.source_id)
-                held = self.records.get(item.source_id)
-                if unchanged(held, item):
-                    summary.files_unchanged += 1
-                    files_bar.update(1)
-                    continue
-                items.append({"file": item, "held": held})
+                admitted = run.admit(item)
+                if admitted is not None:
+                    items.append({"file": admitted[0], "held": admitted[1]})
             dataset = self._dataset(ray, items) if items else None
             batches = dataset.iter_batches(batch_size=None, batch_format="numpy") if dataset else ()
             for batch in batches:
