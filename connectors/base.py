@@ -128,8 +128,9 @@ class VectorStore(ABC):
         """Number of chunks stored."""
 
     @abstractmethod
-    def ids_by_source(self, collection: str) -> dict[str, set[str]]:
-        """Every source held and the chunk ids it has (for verification)."""
+    def ids_by_source(self, collection: str, source: str | None = None) -> dict[str, set[str]]:
+        """Every source held and the chunk ids it has (for verification); only ``source``'s when
+        given (an empty dict when the store holds none of its chunks)."""
 
     @abstractmethod
     def search(

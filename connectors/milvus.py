@@ -436,11 +436,13 @@ class MilvusStore(VectorStore):
         )
         return int(res[0]["count(*)"])
 
-    def ids_by_source(self, collection: str) -> dict[str, set[str]]:
+    def ids_by_source(self, collection: str, source: str | None = None) -> dict[str, set[str]]:
+        expr = "" if source is None else f"source == {milvus_string(source)}"
+
         def scan() -> dict[str, set[str]]:
             out: dict[str, set[str]] = {}
             it = self.client.query_iterator(
-                collection, batch_size=self.scan_batch, filter="", output_fields=["source"]
+                collection, batch_size=self.scan_batch, filter=expr, output_fields=["source"]
             )
             try:
                 while batch := it.next():

@@ -317,13 +317,20 @@ class QdrantStore(VectorStore):
     def count(self, collection: str) -> int:
         return self._call("count", collection, lambda: self.client.count(collection, exact=True).count)
 
-    def ids_by_source(self, collection: str) -> dict[str, set[str]]:
+    def ids_by_source(self, collection: str, source: str | None = None) -> dict[str, set[str]]:
+        only = None if source is None else to_qdrant({"source": source})
+
         def scan() -> dict[str, set[str]]:
             out: dict[str, set[str]] = {}
             offset = None
             while True:
                 points, offset = self.client.scroll(
-                    collection, limit=self.scan_batch, offset=offset, with_payload=["source"], with_vectors=False
+                    collection,
+                    scroll_filter=only,
+                    limit=self.scan_batch,
+                    offset=offset,
+                    with_payload=["source"],
+                    with_vectors=False,
                 )
                 for p in points:
                     out.setdefault(p.payload["source"], set()).add(str(p.id))

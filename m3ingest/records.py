@@ -8,6 +8,8 @@ One database file per collection, in WAL mode. Tables:
 - ``intents``: the chunk ids a run is about to write (``touched``) or delete (``stale``) for a
   source, written before the store is changed and cleared in the same transaction that commits
   the source's new record. A leftover intent means a run died in between; ``reconcile`` repairs it.
+  ``touched`` is ``null`` when other processes (Ray write workers) write the source's new chunks:
+  they are then found in the store by source, as every id there that the record does not hold.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,20 +184,34 @@ class Records:
         return sources, chunks
 
     def touch(self, source_id: str, size: int, mtime_ns: int) -> None:
-        """A source whose content is unchanged got a new size or mtime."""
+        """A source whose content is unchanged got a new size or mtime (nothing was written for
+        it, so an intent announced for it is cleared)."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE sources SET size = ?, mtime_ns = ? WHERE source_id = ?",
                 (size, mtime_ns, source_id),
             )
+            db.execute("DELETE FROM intents WHERE source_id = ?", (source_id,))
 
-    def begin(self, source_id: str, touched: list[str], stale: list[str]) -> None:
-        """Declare the chunk ids about to be written and deleted, before the store changes."""
+    def begin(self, source_id: str, touched: list[str] | None, stale: list[str]) -> None:
+        """Declare the chunk ids about to be written and deleted, before the store changes;
+        ``touched=None``: other processes write its new chunks, whichever they turn out to be."""
+        self.begin_many([source_id], touched, stale)
+
+    def begin_many(
+        self, source_ids: Iterable[str], touched: list[str] | None = None, stale: Sequence[str] = ()
+    ) -> None:
+        """``begin`` for many sources in one transaction (Ray workers are about to write them)."""
+        t, d = json.dumps(touched), json.dumps(list(stale))
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO intents VALUES (?, ?, ?)",
-                (source_id, json.dumps(touched), json.dumps(stale)),
+            db.executemany(
+                "INSERT OR REPLACE INTO intents VALUES (?, ?, ?)", ((s, t, d) for s in source_ids)
             )
+
+    def abandon(self, source_id: str) -> None:
+        """Clear the intent of a source nothing was written for (it failed before encoding)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM intents WHERE source_id = ?", (source_id,))
 
     def commit(self, record: SourceRecord) -> None:
         """Replace a source's record and clear its intent, in one transaction."""
@@ -218,7 +234,7 @@ class Records:
             db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))
             db.execute("DELETE FROM intents WHERE source_id = ?", (source_id,))
 
-    def intents(self) -> dict[str, tuple[list[str], list[str]]]:
+    def intents(self) -> dict[str, tuple[list[str] | None, list[str]]]:
         with self._lock:
             rows = self._db.execute("SELECT source_id, touched, stale FROM intents").fetchall()
         return {s: (json.loads(t), json.loads(d)) for s, t, d in rows}
@@ -226,17 +242,22 @@ class Records:
     def reconcile(self, store: "VectorStore", collection: str) -> int:
         """Repair what a run that died mid-source left behind; returns the sources repaired.
 
-        The store may hold any part of what an intent announced. Every announced id is deleted,
-        the record keeps only the chunks no intent touched, and its content hash is cleared, so
-        the next run re-processes the source and writes exactly what is missing.
+        The store may hold any part of what an intent announced. Every announced id is deleted
+        (with ``touched=None``: every id of the source in the store that its record does not
+        hold), the record keeps only the chunks no intent touched, and its content hash is
+        cleared, so the next run re-processes the source and writes exactly what is missing.
         """
         intents = self.intents()
+        exists = store.has_collection(collection) if intents else False
         for source_id, (touched, stale) in intents.items():
-            doubtful = set(touched) | set(stale)
-            if doubtful and store.has_collection(collection):
-                store.delete(collection, sorted(doubtful))
             record = self.get(source_id)
             held = record.chunks if record is not None else {}
+            if touched is None:
+                found = store.ids_by_source(collection, source_id) if exists else {}
+                touched = sorted(found.get(source_id, set()) - held.keys())
+            doubtful = set(touched) | set(stale)
+            if doubtful and exists:
+                store.delete(collection, sorted(doubtful))
             safe = {cid: sig for cid, sig in held.items() if cid not in doubtful}
             if safe:
                 self.commit(SourceRecord(source_id, -1, -1, "", safe))

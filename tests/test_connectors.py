@@ -94,6 +94,8 @@ def test_delete_by_ids_and_by_source_leaves_no_orphan(store, collection):
     store.upsert(collection, records)
     by_source = store.ids_by_source(collection)
     assert by_source == {src: {r.id for r in records if r.source == src} for src in ("a.md", "b.md", odd)}
+    assert store.ids_by_source(collection, source=odd) == {odd: by_source[odd]}
+    assert store.ids_by_source(collection, source="a") == {}
 
     store.delete(collection, [records[0].id, str(uuid.uuid4())])
     store.delete_source(collection, odd)

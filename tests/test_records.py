@@ -83,3 +83,38 @@ def test_reconcile_removes_everything_in_doubt(store, collection):
         kept = records.get("a")
         assert kept.chunks == {ids[0]: "s", ids[1]: "s"} and kept.content_hash == ""
         assert store.ids_by_source(collection) == {"a": {ids[0], ids[1]}}
+
+
+def test_reconcile_finds_what_other_processes_wrote_by_source(store, collection):
+    held = [chunk_id(collection, "a", text_hash(str(i))) for i in range(2)]
+    written = [chunk_id(collection, "a", text_hash(f"new {i}")) for i in range(3)]
+    store.ensure_collection(collection, dim=4)
+    other = chunk_id(collection, "other", text_hash("o"))
+    store.upsert(collection, [chunk(i, "a") for i in held] + [chunk(other, "other")])
+    with Records(":memory:") as records:
+        records.commit(SourceRecord("a", 1, 1, "old", {held[0]: "s", held[1]: "s"}))
+        # Ray workers are about to write a, b (new) and c (no chunks written before the crash)
+        records.begin_many(["a", "b", "c"])
+        store.upsert(collection, [chunk(i, "a") for i in written])
+        b = chunk_id(collection, "b", text_hash("b"))
+        store.upsert(collection, [chunk(b, "b")])
+        # the driver had already announced a's replaced chunk before it died
+        records.begin("a", None, [held[1]])
+
+        assert records.reconcile(store, collection) == 3
+
+        assert records.intents() == {}
+        assert records.get("a").chunks == {held[0]: "s"} and records.get("a").content_hash == ""
+        assert records.get("b") is None and records.get("c") is None
+        assert store.ids_by_source(collection) == {"a": {held[0]}, "other": {other}}
+
+
+def test_touch_and_abandon_clear_an_intent(tmp_path):
+    with Records(tmp_path / "r.sqlite") as records:
+        records.commit(SourceRecord("a", 1, 1, "h", {"1": "s"}))
+        records.begin_many(["a", "b"])
+        assert records.intents() == {"a": (None, []), "b": (None, [])}
+        records.touch("a", 2, 2)
+        records.abandon("b")
+        assert records.intents() == {}
+        assert records.get("a") == SourceRecord("a", 2, 2, "h", {"1": "s"})
