@@ -33,6 +33,7 @@ __all__ = [
     "SearchMode",
     "StoreError",
     "VectorStore",
+    "is_embedded",
     "open_store",
     "store_from_config",
 ]
@@ -66,6 +67,12 @@ def open_store(
 
         return QdrantStore(uri, api_key=api_key or token, timeout=timeout, retry_policy=retry_policy)
     raise ValueError(f"unknown store backend {backend!r}; set store.backend to 'milvus' or 'qdrant'")
+
+
+def is_embedded(uri: str) -> bool:
+    """Whether ``uri`` names an in-process engine (a Milvus Lite file, a Qdrant local folder or
+    ``:memory:``), which only one process may open, rather than a server."""
+    return "://" not in uri
 
 
 def store_from_config(cfg: "StoreConfig") -> VectorStore:

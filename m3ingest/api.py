@@ -45,6 +45,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "executor": ("executor", "kind"),
     "ray_address": ("executor", "ray_address"),
     "encoders": ("executor", "encoders"),
+    "writers": ("executor", "writers"),
 }
 
 

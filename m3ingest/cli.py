@@ -163,6 +163,9 @@ def _ingest_command(delete_default: bool, doc: str) -> Callable[..., None]:
             None, help="Ray cluster to join, e.g. auto or ray://head:10001 (default: local Ray)."
         ),
         encoders: Optional[int] = typer.Option(None, help="Ray encoder actors (default: one per GPU)."),
+        writers: Optional[int] = typer.Option(
+            None, help="Ray write actors, when they write to a server store (default: 2)."
+        ),
     ) -> None:
         _run_ingest(
             paths,
@@ -186,6 +189,7 @@ def _ingest_command(delete_default: bool, doc: str) -> Callable[..., None]:
             executor=executor,
             ray_address=ray_address,
             encoders=encoders,
+            writers=writers,
         )
 
     command.__doc__ = doc

@@ -122,8 +122,13 @@ class ExecutorConfig(_Section):
     encoder_cpus: float = Field(1.0, gt=0)
     #: Parallel read/extract/chunk tasks; default: as many as Ray schedules.
     prepare_tasks: int | None = Field(None, ge=1)
-    #: Files per encoder call (their chunks are batched by tokens inside the call).
+    #: Files per encoder call and per write (their chunks are batched by tokens inside the call).
     batch_files: int = Field(16, ge=1)
+    #: Who upserts the encoded chunks: "workers" (a write stage of Ray actors; needs a server
+    #: store), "driver" (this process), or "auto": workers for a server store, else the driver.
+    write: Literal["auto", "workers", "driver"] = "auto"
+    #: Write actors when workers write.
+    writers: int = Field(2, ge=1)
     #: Restarts of a dead encoder actor and retries of a failed task; default: Ray Data's
     #: (actors restarted without limit, tasks retried a few times).
     retries: int | None = Field(None, ge=0)

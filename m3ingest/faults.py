@@ -6,7 +6,9 @@ by commas. Unset (always, outside tests), a crash point costs one dictionary loo
 
 Points named by the pipeline: ``before_upsert``, ``after_upsert`` (acknowledged, before the
 deletes of replaced chunks), ``after_delete`` (before the record commit), ``delete_source``
-(while removing a vanished source), ``after_commit``.
+(while removing a vanished source), ``after_commit``; in Ray actors, ``encode_batch`` and
+``store_write`` (before a write actor's upsert). Each process counts its own hits, so a
+restarted actor dies again at its n-th hit.
 """
 
 from __future__ import annotations

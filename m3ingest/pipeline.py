@@ -141,10 +141,16 @@ class _Touch:
 class _Failed:
     path: str
     reason: str
+    source_id: str
 
 
 class _Writer(threading.Thread):
-    """Applies store writes and record commits in the order they were queued."""
+    """Applies store writes and record commits in the order they were queued.
+
+    With ``workers_upsert``, other processes (Ray write workers) upsert the encoded chunks and
+    the driver announced every source beforehand (``Records.begin_many``); this writer then does
+    the rest: rewrites, deletes of replaced chunks and record commits.
+    """
 
     def __init__(
         self,
@@ -154,12 +160,14 @@ class _Writer(threading.Thread):
         encoder: "M3Encoder",
         colbert: bool,
         summary: Summary,
+        workers_upsert: bool = False,
     ) -> None:
         super().__init__(name="m3ingest-writer", daemon=True)
         self.jobs: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self._store, self._records, self._collection = store, records, collection
         self._encoder, self._colbert, self._summary = encoder, colbert, summary
+        self._workers_upsert = workers_upsert
 
     def put(self, kind: str, item: Any) -> None:
         while True:
@@ -192,8 +200,14 @@ class _Writer(threading.Thread):
                 self.error = e
 
     def _begin(self, plan: _Plan) -> None:
-        touched = [e.id for e in plan.encode] + [e.id for e in plan.rewrite]
+        touched: list[str] | None = [e.id for e in plan.encode] + [e.id for e in plan.rewrite]
+        if self._workers_upsert and plan.encode:
+            touched = None  # written elsewhere: a crash is repaired from what the store holds
         self._records.begin(plan.file.source_id, touched, plan.stale)
+
+    def _abandon(self, source_id: str) -> None:
+        if self._workers_upsert:
+            self._records.abandon(source_id)
 
     def _upsert(self, chunks: list["ChunkRecord"]) -> None:
         crash_point("before_upsert")
@@ -217,6 +231,12 @@ class _Writer(threading.Thread):
             chunks += _encode(self._encoder, plan.file.source_id, missing, self._colbert)
             self._summary.tokens_encoded += sum(len(e.chunk.token_ids) for e in missing)
         self._upsert(chunks)
+
+    def _acknowledged(self, job: tuple[_Plan, int]) -> None:
+        """A source whose new chunks a write worker upserted: count them, then commit."""
+        plan, written = job
+        self._summary.chunks_written += written
+        self._commit(plan)
 
     def _commit(self, plan: _Plan) -> None:
         if plan.stale:
@@ -291,7 +311,7 @@ def prepare(
         del data
         chunks = chunker.chunk(doc)
     except ExtractionError as e:
-        return _Failed(str(f.path), str(getattr(e, "reason", e)))
+        return _Failed(str(f.path), str(getattr(e, "reason", e)), f.source_id)
     base = {**config.sources.metadata, **doc.metadata}
     seen: dict[str, int] = {}
     entries = []
@@ -321,6 +341,7 @@ def start(result: _Plan | _Touch | _Failed, writer: _Writer, summary: Summary) -
     left to encode); returns the plan when it has chunks to encode, to commit after their upsert."""
     if isinstance(result, _Failed):
         summary.fail(result.path, result.reason)
+        writer.put("abandon", result.source_id)
         return None
     if isinstance(result, _Touch):
         summary.files_unchanged += 1
@@ -491,6 +512,7 @@ class Run:
         colbert: bool,
         progress: bool,
         stop: threading.Event,
+        workers_upsert: bool = False,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -499,7 +521,9 @@ class Run:
         self.store, self.records, self.collection, self.stop = store, records, collection, stop
         records.reconcile(store, collection)
         store.ensure_collection(collection, encoder.dim, colbert)
-        self.writer = _Writer(store, records, collection, encoder, colbert, self.summary)
+        self.writer = _Writer(
+            store, records, collection, encoder, colbert, self.summary, workers_upsert
+        )
         self.writer.start()
         self.files_bar = tqdm(desc="files", unit="file", disable=not progress, position=0)
         self.chunks_bar = tqdm(desc="chunks", unit="chunk", disable=not progress, position=1)

@@ -3,16 +3,21 @@
 The driver (this process) lists the roots in one Ray task and decides from the records which
 files are new or changed, exactly as the local executor does. Reading, extraction and chunking
 run as Ray tasks (``pipeline.prepare``); encoding runs in an actor pool with one model per actor
-(one actor per GPU, or per CPU worker); the encoded chunks stream back to the driver, whose
-writer thread (``pipeline._Writer``, the local executor's) writes each source's intent, upserts
-its chunks in batches, deletes replaced ones and then commits its record. Every store write and
-record commit goes through the driver, so a store that only one process may open (a Milvus Lite
-file, a Qdrant local folder) works, and a crash anywhere is repaired by ``Records.reconcile``
-like a local run. Chunk ids come from content, so a retried task or a restarted actor writes the
-same ids again.
+(one actor per GPU, or per CPU worker).
 
-Fault injection: ``M3INGEST_CRASH_AT`` (see ``m3ingest.faults``) reaches the encoder actors, whose
-point is ``encode_batch``. Ray is imported only here (the ``m3ingest[ray]`` extra).
+Writing, for a server store: before the dataset runs, the driver announces every file it hands
+out (``Records.begin_many``: new chunks of these sources may appear in the store); a pool of
+write actors upserts the encoded chunks in batches; each file comes back to the driver only
+once the store acknowledged its chunks, and the driver's writer thread (``pipeline._Writer``, the
+local executor's) then deletes its replaced chunks and commits its record. A crash anywhere
+leaves announced sources, which ``Records.reconcile`` repairs from what the store holds.
+For an embedded store, which only one process may open (a Milvus Lite file, a Qdrant local
+folder), the encoded chunks stream back to the driver, whose writer thread upserts them as in a
+local run. Chunk ids come from content, so a retried task or a restarted actor writes the same
+ids again.
+
+Fault injection: ``M3INGEST_CRASH_AT`` (see ``m3ingest.faults``) reaches the actors, whose points
+are ``encode_batch`` and ``store_write``. Ray is imported only here (the ``m3ingest[ray]`` extra).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from m3ingest.config import Config, ConfigError, StoreConfig
+from m3ingest.connectors import is_embedded
 from m3ingest.faults import ENV as CRASH_ENV
 from m3ingest.faults import crash_point
 from m3ingest.pipeline import (
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
 WRITE_CHUNKS = 512
 #: Memory reserved per prepare task (bytes).
 PREPARE_MEMORY = 512 * 2**20
+#: CPUs reserved per write actor: it mostly waits on the store.
+WRITER_CPUS = 0.5
 
 
 def _ray() -> Any:
@@ -131,6 +139,37 @@ class _Encoder:
         return {"result": batch["result"], "chunks": chunks}
 
 
+class _StoreWriter:
+    """Write actor: upserts the encoded chunks of a batch of files into a server store; a file
+    reaches the driver only after the store acknowledged its chunks."""
+
+    def __init__(self, store: StoreConfig) -> None:
+        from m3ingest.connectors import store_from_config
+
+        self.store = store_from_config(store)
+        self.collection = store.collection
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        crash_point("store_write")
+        chunks = [c for file_chunks in batch["chunks"] for c in file_chunks]
+        if chunks:
+            self.store.upsert(self.collection, chunks)
+        written = np.array([len(c) for c in batch["chunks"]], dtype=np.int64)
+        return {"result": batch["result"], "written": written}
+
+
+def workers_write(config: Config) -> bool:
+    """Whether the write stage runs on Ray workers (``executor.write``) for this store."""
+    mode, uri = config.executor.write, config.store.uri
+    if mode == "workers" and is_embedded(uri):
+        raise ConfigError(
+            f"executor.write = 'workers' needs a server store, but store.uri {uri!r} is an"
+            " embedded engine that only one process may open; use a Milvus or Qdrant server"
+            " (http://host:19530, http://host:6333) or executor.write = 'driver'"
+        )
+    return mode == "workers" or (mode == "auto" and not is_embedded(uri))
+
+
 # -- the driver -------------------------------------------------------------------------------
 
 
@@ -184,8 +223,9 @@ class RayPipeline:
         self.progress = progress
         self.stop = stop or threading.Event()
 
-    def _dataset(self, ray: Any, items: list[dict[str, Any]]) -> Any:
-        """Prepare tasks -> encoder actor pool, over the files to (re-)process."""
+    def _dataset(self, ray: Any, items: list[dict[str, Any]], write: bool) -> Any:
+        """Prepare tasks -> encoder actor pool (-> write actor pool), over the files to
+        (re-)process."""
         ex = self.config.executor
         gpus_in_cluster = int(ray.cluster_resources().get("GPU", 0))
         gpus = ex.encoder_gpus if ex.encoder_gpus is not None else (1 if gpus_in_cluster else 0)
@@ -199,7 +239,8 @@ class RayPipeline:
             restarts = {"max_restarts": ex.retries, "max_task_retries": ex.retries}
         if ex.prepare_tasks:
             prepare_args["compute"] = ray.data.TaskPoolStrategy(size=ex.prepare_tasks)
-        return (
+        runtime_env = {"env_vars": env} if env else None
+        dataset = (
             ray.data.from_items(items)
             .map(
                 _prepare_row,
@@ -218,9 +259,21 @@ class RayPipeline:
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_gpus=gpus,
                 num_cpus=ex.encoder_cpus,
-                runtime_env={"env_vars": env} if env else None,
+                runtime_env=runtime_env,
                 **restarts,
             )
+        )
+        if not write:
+            return dataset
+        return dataset.map_batches(
+            _StoreWriter,
+            fn_constructor_kwargs={"store": self.config.store},
+            batch_size=ex.batch_files,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=ex.writers),
+            num_cpus=WRITER_CPUS,
+            runtime_env=runtime_env,
+            **restarts,
         )
 
     def run(self, roots: Sequence[str | os.PathLike[str]], delete: bool = False) -> Summary:
@@ -244,9 +297,10 @@ class RayPipeline:
 
     def _run(self, ray: Any, roots: Sequence[str | os.PathLike[str]], delete: bool) -> Summary:
         ray.data.DataContext.get_current().enable_progress_bars = self.progress
+        write = workers_write(self.config)
         run = Run(
             self.store, self.records, self.collection, self.encoder, self.colbert,
-            self.progress, self.stop,
+            self.progress, self.stop, workers_upsert=write,
         )
         summary, writer = run.summary, run.writer
         files_bar, chunks_bar = run.files_bar, run.chunks_bar
@@ -269,15 +323,22 @@ class RayPipeline:
                 admitted = run.admit(item)
                 if admitted is not None:
                     items.append({"file": admitted[0], "held": admitted[1]})
-            dataset = self._dataset(ray, items) if items else None
+            if write:  # before any worker can write one of their chunks
+                self.records.begin_many(item["file"].source_id for item in items)
+            dataset = self._dataset(ray, items, write) if items else None
             batches = dataset.iter_batches(batch_size=None, batch_format="numpy") if dataset else ()
             for batch in batches:
-                for result, chunks in zip(batch["result"], batch["chunks"]):
+                out = batch["written"] if write else batch["chunks"]
+                for result, chunks in zip(batch["result"], out):
                     files_bar.update(1)
                     plan = start(result, writer, summary)
                     if plan is None:
                         continue
                     summary.tokens_encoded += sum(len(e.chunk.token_ids) for e in plan.encode)
+                    if write:  # upserted and acknowledged by a write actor
+                        chunks_bar.update(int(chunks))
+                        writer.put("acknowledged", (plan, int(chunks)))
+                        continue
                     chunks_bar.update(len(chunks))
                     pending.append((plan, chunks))
                     if sum(len(c) for _, c in pending) >= WRITE_CHUNKS:

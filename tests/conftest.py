@@ -33,3 +33,40 @@ def collection(store):
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
     store.drop_collection(name)
+
+
+# --- a Milvus server that several processes share ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """The URI of a Milvus Lite gRPC server in its own process (``python -m milvus_lite server``):
+    stores reach it through the server code path (``http://host:port``), from any process."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path_factory.mktemp("milvus-server")
+    with open(data / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data / "data"),
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    server.kill()
+                    raise RuntimeError(f"milvus_lite server did not start; see {data / 'server.log'}")
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+        server.terminate()
+        server.wait(timeout=30)

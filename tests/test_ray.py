@@ -12,12 +12,14 @@ from typer.testing import CliRunner
 
 import m3ingest
 from m3ingest.cli import app
-from m3ingest.config import Config
+from m3ingest.config import Config, ConfigError
 from m3ingest.connectors import RetryPolicy, open_store
 from m3ingest.encoder import M3Encoder
+from m3ingest.pipeline import _Writer
+from m3ingest.ray_executor import workers_write
 from m3ingest.records import Records, default_path
 
-from ingest_helpers import TINY, make_config, paragraphs
+from ingest_helpers import COLLECTION, TINY, make_config, paragraphs
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_runtime():
@@ -137,6 +139,93 @@ def test_killed_encoder_actor_is_restarted_and_the_run_completes(tmp_path, encod
     summary = m3ingest.ingest(folder, distributed, **on_ray(batch_files=1, retries=8))
     assert summary.files_failed == 0 and summary.files_new + summary.files_unchanged == 4
     assert_same_store(distributed, local)
+
+
+@pytest.fixture
+def server_config(tmp_path, milvus_server) -> Config:
+    """A configuration on the Milvus server, collection "docs" emptied, records under tmp_path."""
+    with open_store("milvus", milvus_server) as store:
+        store.drop_collection(COLLECTION)
+    config = make_config(tmp_path, "milvus")
+    store = config.store.model_copy(update={"uri": milvus_server})
+    records = config.records.model_copy(update={"path": str(tmp_path / "records")})
+    return config.model_copy(update={"store": store, "records": records})
+
+
+def test_workers_write_a_server_store_equal_to_the_local_executor(
+    tmp_path, server_config, encoder, monkeypatch
+):
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    (tmp_path / "local").mkdir()
+    local = make_config(tmp_path / "local", "milvus")
+    assert workers_write(server_config) and not workers_write(local)
+
+    first_local = m3ingest.ingest(folder, local, encoder=encoder)
+    with monkeypatch.context() as m:  # a first run has no rewrites: the driver upserts nothing
+        m.setattr(_Writer, "_upsert", lambda *a: pytest.fail("the driver upserted chunks"))
+        first_ray = m3ingest.ingest(folder, server_config, **on_ray(writers=2))
+    assert counts(first_ray) == counts(first_local) and first_ray.chunks_written > 0
+    assert_same_store(server_config, local)
+
+    change_corpus(folder)
+    second_local = m3ingest.sync(folder, local, encoder=encoder)
+    second_ray = m3ingest.sync(folder, server_config, **on_ray())
+    assert counts(second_ray) == counts(second_local)
+    assert_same_store(server_config, local)
+    with Records(default_path(server_config)) as records:
+        assert records.intents() == {}
+
+
+def test_killed_write_actor_is_restarted_and_the_run_completes(
+    tmp_path, server_config, encoder, monkeypatch
+):
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    (tmp_path / "local").mkdir()
+    local = make_config(tmp_path / "local", "milvus")
+    m3ingest.ingest(folder, local, encoder=encoder)
+
+    # Every write actor dies (SIGKILL) before its second upsert; one file per batch.
+    monkeypatch.setenv("M3INGEST_CRASH_AT", "store_write:2")
+    with pytest.raises(ray.exceptions.RayError):
+        m3ingest.ingest(folder, server_config, **on_ray(batch_files=1, retries=0, writers=1))
+    summary = m3ingest.ingest(folder, server_config, **on_ray(batch_files=1, retries=8, writers=1))
+    assert summary.files_failed == 0 and summary.files_new + summary.files_unchanged == 4
+    assert_same_store(server_config, local)
+
+
+def test_a_driver_that_dies_after_workers_wrote_is_repaired_by_the_next_run(
+    tmp_path, server_config, encoder, monkeypatch
+):
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    (tmp_path / "local").mkdir()
+    local = make_config(tmp_path / "local", "milvus")
+    m3ingest.ingest(folder, local, encoder=encoder)
+
+    def die(*args):
+        raise RuntimeError("driver died before its first record commit")
+
+    with monkeypatch.context() as m:
+        m.setattr(Records, "commit", die)
+        with pytest.raises(RuntimeError, match="driver died"):
+            m3ingest.ingest(folder, server_config, **on_ray(batch_files=2))
+    with Records(default_path(server_config)) as records:
+        assert records.source_ids() == [] and len(records.intents()) == 4
+    assert contents(server_config)  # chunks no record holds: what the workers wrote
+
+    summary = m3ingest.ingest(folder, server_config, **on_ray())
+    assert summary.files_new == 4
+    assert_same_store(server_config, local)
+
+
+def test_workers_cannot_write_an_embedded_store(tmp_path):
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    config = make_config(tmp_path, "qdrant")
+    with pytest.raises(ConfigError, match="needs a server store"):
+        m3ingest.ingest(folder, config, **on_ray(write="workers"))
 
 
 def test_cli_executor_option(tmp_path):
