@@ -71,6 +71,21 @@ class SearchHit:
 Filter = Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class Query:
+    """One search request, as ``VectorStore.search`` takes it apart in its keywords."""
+
+    dense: np.ndarray | None = None
+    sparse: Mapping[int, float] | None = None
+    mode: SearchMode = "hybrid"
+    k: int = 10
+    filter: Filter | None = None
+    fusion: Fusion = Fusion()
+    candidates: int | None = None
+    with_vectors: bool = False
+    colbert: np.ndarray | None = None
+
+
 class StoreError(RuntimeError):
     """A store operation failed; the message names the store, the operation and the collection."""
 
@@ -132,7 +147,6 @@ class VectorStore(ABC):
         """Every source held and the chunk ids it has (for verification); only ``source``'s when
         given (an empty dict when the store holds none of its chunks)."""
 
-    @abstractmethod
     def search(
         self,
         collection: str,
@@ -153,6 +167,8 @@ class VectorStore(ABC):
         ``colbert`` (query token vectors) re-ranks the fused candidates by MaxSim as a last stage,
         in a collection created with ColBERT storage.
         """
+        query = Query(dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert)
+        return self._search(collection, query)
 
     async def aget(
         self, collection: str, ids: Sequence[str], with_vectors: bool = False
@@ -177,23 +193,18 @@ class VectorStore(ABC):
         with_vectors: bool = False,
         colbert: np.ndarray | None = None,
     ) -> list[SearchHit]:
-        """``search`` for async callers, without blocking the event loop.
+        """``search`` for async callers, without blocking the event loop."""
+        query = Query(dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert)
+        return await self._asearch(collection, query)
 
-        This default runs ``search`` in a worker thread; stores with an async client override it.
-        """
-        return await asyncio.to_thread(
-            self.search,
-            collection,
-            dense=dense,
-            sparse=sparse,
-            mode=mode,
-            k=k,
-            filter=filter,
-            fusion=fusion,
-            candidates=candidates,
-            with_vectors=with_vectors,
-            colbert=colbert,
-        )
+    @abstractmethod
+    def _search(self, collection: str, query: Query) -> list[SearchHit]:
+        """``search``, its keywords gathered in ``query``."""
+
+    async def _asearch(self, collection: str, query: Query) -> list[SearchHit]:
+        """``asearch``: this default runs ``_search`` in a worker thread; stores with an async
+        client override it."""
+        return await asyncio.to_thread(self._search, collection, query)
 
     def flush(self, collection: str) -> None:
         """Make the chunks written so far durable and fully indexed (ingest calls it after a run).

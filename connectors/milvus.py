@@ -24,8 +24,8 @@ from .calls import Call, Plan, arun, run
 from .loops import PerLoop
 from .base import (
     ChunkRecord,
-    Filter,
     Fusion,
+    Query,
     SchemaMismatchError,
     SearchHit,
     SearchMode,
@@ -454,84 +454,42 @@ class MilvusStore(VectorStore):
 
         return self._read("list of sources", collection, scan)
 
-    def search(
-        self,
-        collection: str,
-        *,
-        dense: np.ndarray | None = None,
-        sparse: Mapping[int, float] | None = None,
-        mode: SearchMode = "hybrid",
-        k: int = 10,
-        filter: Filter | None = None,
-        fusion: Fusion = Fusion(),
-        candidates: int | None = None,
-        with_vectors: bool = False,
-        colbert: np.ndarray | None = None,
-    ) -> list[SearchHit]:
-        plan = self._search_plan(
-            collection, dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert
-        )
-        return run(plan, self._execute)
+    def _search(self, collection: str, query: Query) -> list[SearchHit]:
+        return run(self._search_plan(collection, query), self._execute)
 
-    async def asearch(
-        self,
-        collection: str,
-        *,
-        dense: np.ndarray | None = None,
-        sparse: Mapping[int, float] | None = None,
-        mode: SearchMode = "hybrid",
-        k: int = 10,
-        filter: Filter | None = None,
-        fusion: Fusion = Fusion(),
-        candidates: int | None = None,
-        with_vectors: bool = False,
-        colbert: np.ndarray | None = None,
-    ) -> list[SearchHit]:
-        plan = self._search_plan(
-            collection, dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert
-        )
-        return await arun(plan, self._aexecute)
+    async def _asearch(self, collection: str, query: Query) -> list[SearchHit]:
+        return await arun(self._search_plan(collection, query), self._aexecute)
 
-    def _search_plan(
-        self,
-        collection: str,
-        dense: np.ndarray | None,
-        sparse: Mapping[int, float] | None,
-        mode: SearchMode,
-        k: int,
-        filter: Filter | None,
-        fusion: Fusion,
-        candidates: int | None,
-        with_vectors: bool,
-        colbert: np.ndarray | None,
-    ) -> Plan[list[SearchHit]]:
-        expr = to_milvus(filter)
-        limit = max(k, candidates or k) if colbert is not None else k
-        requests = _requests(dense, sparse, mode, candidates or k, expr)
+    def _search_plan(self, collection: str, query: Query) -> Plan[list[SearchHit]]:
+        q = query
+        expr = to_milvus(q.filter)
+        n = q.candidates or q.k
+        limit = max(q.k, n) if q.colbert is not None else q.k
+        requests = _requests(q.dense, q.sparse, q.mode, n, expr)
         fields = ["id", *SCALAR_FIELDS]
         if not requests:
             return []
         common = {"limit": limit, "output_fields": fields, "timeout": self.timeout}
-        if mode == "hybrid":
-            args = (collection, requests, _ranker(fusion, len(requests)))
+        if q.mode == "hybrid":
+            args = (collection, requests, _ranker(q.fusion, len(requests)))
             result = yield Call("hybrid search", collection, "hybrid_search", args, common)
         else:
             req = requests[0]
             search = {
                 "data": req.data, "anns_field": req.anns_field, "search_params": req.param, "filter": expr
             }
-            result = yield Call(f"{mode} search", collection, "search", (collection,), {**search, **common})
+            result = yield Call(f"{q.mode} search", collection, "search", (collection,), {**search, **common})
         hits = [
             SearchHit(self._record({**hit["entity"], "id": hit["id"]}), float(hit["distance"]))
             for hit in result[0]
         ]
-        if colbert is not None or with_vectors:
+        if q.colbert is not None or q.with_vectors:
             records = yield from self._get_plan(collection, [h.id for h in hits], True)
             full = {r.id: r for r in records}
             hits = [SearchHit(full[h.id], h.score) for h in hits if h.id in full]
-            if colbert is not None:
-                hits = _rerank(hits, colbert)[:k]
-            if not with_vectors:
+            if q.colbert is not None:
+                hits = _rerank(hits, q.colbert)[: q.k]
+            if not q.with_vectors:
                 for h in hits:
                     h.record.dense = h.record.sparse = h.record.colbert = None
         return hits

@@ -17,8 +17,8 @@ from .loops import PerLoop
 from .base import (
     CHUNK_FIELDS,
     ChunkRecord,
-    Filter,
     Fusion,
+    Query,
     SchemaMismatchError,
     SearchHit,
     SearchMode,
@@ -339,84 +339,38 @@ class QdrantStore(VectorStore):
 
         return self._call("list of sources", collection, scan)
 
-    def search(
-        self,
-        collection: str,
-        *,
-        dense: np.ndarray | None = None,
-        sparse: Mapping[int, float] | None = None,
-        mode: SearchMode = "hybrid",
-        k: int = 10,
-        filter: Filter | None = None,
-        fusion: Fusion = Fusion(),
-        candidates: int | None = None,
-        with_vectors: bool = False,
-        colbert: np.ndarray | None = None,
-    ) -> list[SearchHit]:
-        plan = self._search_plan(
-            collection, dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert
-        )
-        return run(plan, self._execute)
+    def _search(self, collection: str, query: Query) -> list[SearchHit]:
+        return run(self._search_plan(collection, query), self._execute)
 
-    async def asearch(
-        self,
-        collection: str,
-        *,
-        dense: np.ndarray | None = None,
-        sparse: Mapping[int, float] | None = None,
-        mode: SearchMode = "hybrid",
-        k: int = 10,
-        filter: Filter | None = None,
-        fusion: Fusion = Fusion(),
-        candidates: int | None = None,
-        with_vectors: bool = False,
-        colbert: np.ndarray | None = None,
-    ) -> list[SearchHit]:
+    async def _asearch(self, collection: str, query: Query) -> list[SearchHit]:
         if self._async_kwargs is None:
-            return await super().asearch(
-                collection, dense=dense, sparse=sparse, mode=mode, k=k, filter=filter, fusion=fusion,
-                candidates=candidates, with_vectors=with_vectors, colbert=colbert,
-            )
-        plan = self._search_plan(
-            collection, dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert
-        )
-        return await arun(plan, self._aexecute)
+            return await super()._asearch(collection, query)
+        return await arun(self._search_plan(collection, query), self._aexecute)
 
-    def _search_plan(
-        self,
-        collection: str,
-        dense: np.ndarray | None,
-        sparse: Mapping[int, float] | None,
-        mode: SearchMode,
-        k: int,
-        filter: Filter | None,
-        fusion: Fusion,
-        candidates: int | None,
-        with_vectors: bool,
-        colbert: np.ndarray | None,
-    ) -> Plan[list[SearchHit]]:
-        flt = to_qdrant(filter)
-        n = candidates or k
-        stage = self._first_stage(dense, sparse, mode, fusion, n, flt)
-        if colbert is not None:
-            prefetch: Any = models.Prefetch(**stage, limit=max(k, n))
-            query: Any = np.asarray(colbert, dtype=np.float32).tolist()
+    def _search_plan(self, collection: str, query: Query) -> Plan[list[SearchHit]]:
+        q = query
+        flt = to_qdrant(q.filter)
+        n = q.candidates or q.k
+        stage = self._first_stage(q.dense, q.sparse, q.mode, q.fusion, n, flt)
+        if q.colbert is not None:
+            prefetch: Any = models.Prefetch(**stage, limit=max(q.k, n))
+            vectors: Any = np.asarray(q.colbert, dtype=np.float32).tolist()
             using: str | None = "colbert"
         else:
-            prefetch, query, using = stage.get("prefetch"), stage["query"], stage.get("using")
+            prefetch, vectors, using = stage.get("prefetch"), stage["query"], stage.get("using")
         result = yield Call(
-            f"{mode} search",
+            f"{q.mode} search",
             collection,
             "query_points",
             (collection,),
             {
                 "prefetch": prefetch,
-                "query": query,
+                "query": vectors,
                 "using": using,
-                "limit": k,
+                "limit": q.k,
                 "query_filter": flt,
                 "with_payload": list(CHUNK_FIELDS),
-                "with_vectors": with_vectors,
+                "with_vectors": q.with_vectors,
             },
         )
         return [SearchHit(self._record(p), float(p.score)) for p in result.points]
