@@ -15,14 +15,22 @@ def pytest_sessionstart(session):
 # --- connectors: one store per backend and test module, a fresh collection per test ---------------
 
 
+def open_test_store(kind, request, tmp_path_factory):
+    """A real store: ``milvus`` a Milvus Lite file, ``qdrant`` Qdrant local in memory,
+    ``milvus-server`` the session's ``milvus_server`` reached by URI (the server code path)."""
+    from m3ingest.connectors import RetryPolicy, open_store
+
+    policy = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.05)
+    if kind == "milvus-server":
+        return open_store("milvus", request.getfixturevalue("milvus_server"), retry_policy=policy)
+    uri = str(tmp_path_factory.mktemp(kind) / "m3.db") if kind == "milvus" else ":memory:"
+    return open_store(kind, uri, retry_policy=policy)
+
+
 @pytest.fixture(scope="module", params=["milvus", "qdrant"])
 def store(request, tmp_path_factory):
     """A real embedded store (a Milvus Lite file, or Qdrant local in memory), shared by one test module."""
-    from m3ingest.connectors import RetryPolicy, open_store
-
-    folder = tmp_path_factory.mktemp(request.param)
-    uri = str(folder / "m3.db") if request.param == "milvus" else ":memory:"
-    s = open_store(request.param, uri, retry_policy=RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.05))
+    s = open_test_store(request.param, request, tmp_path_factory)
     yield s
     s.close()
 

@@ -1,4 +1,4 @@
-"""The connector suite, run unchanged on Milvus Lite and Qdrant local mode (fixture ``store``)."""
+"""The connector suite, run unchanged on Milvus Lite, Qdrant local mode and a Milvus server."""
 
 import asyncio
 import uuid
@@ -19,9 +19,19 @@ from m3ingest.connectors import (
 from m3ingest.connectors import retry
 from m3ingest.connectors.milvus import VARCHAR_MAX
 
+from conftest import open_test_store
+
 DIM = 8
 # qdrant-client checks a server's version from a background thread; the unreachable one has none.
 pytestmark = pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+
+
+@pytest.fixture(scope="module", params=["milvus", "qdrant", "milvus-server"])
+def store(request, tmp_path_factory):
+    """conftest's embedded stores, and a Milvus server reached by URI running the same suite."""
+    s = open_test_store(request.param, request, tmp_path_factory)
+    yield s
+    s.close()
 
 
 def unit(rng, dim=DIM):
