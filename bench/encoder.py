@@ -2,6 +2,7 @@
 
     python bench/encoder.py                      # 4 layers x 256 hidden, 120 texts: a few minutes on 2 cores
     python bench/encoder.py --texts 600 --layers 8 --hidden 512 --heads 8   # bigger
+    python bench/encoder.py --profile            # also: where M3Encoder's time goes, per dtype
 
 Both run the same checkpoint over the same mixed-length corpus (stdlib docstrings, 16 to
 ~1500 tokens) asking for dense + sparse vectors (and ColBERT with --colbert). FlagEmbedding
@@ -54,6 +55,7 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache")
     p.add_argument("--repeat", type=int, default=3, help="turns of M3Encoder vs FlagEmbedding's best batch")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice); 1 is steadiest on a busy machine")
+    p.add_argument("--profile", action="store_true", help="print M3Encoder's time per operator, per dtype")
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -177,10 +179,26 @@ def main() -> None:
         agree = compare(*results["M3Encoder float32"]["_out"], *results["M3Encoder bfloat16"]["_out"])
         print("agreement M3Encoder bf16 vs fp32:", _fmt(agree))
         summary["agreement_bf16"] = agree
+    if args.profile:
+        for dtype, enc in encoders.items():
+            shares = operator_shares(lambda enc=enc: enc.encode(texts, max_length=args.max_length, **want))
+            print(f"M3Encoder {dtype} time by operator: " + ", ".join(f"{k} {v:.0%}" for k, v in shares))
     if args.json:
         clean = {k: {kk: vv for kk, vv in v.items() if kk != "_out"} for k, v in results.items()}
         args.json.write_text(json.dumps({"runs": clean, "summary": summary, "tokens": tokens,
                                          "peak": peak, "args": vars(args) | {"cache": str(args.cache), "json": str(args.json)}}, indent=2))
+
+
+def operator_shares(fn, top: int = 5) -> list[tuple[str, float]]:
+    """The operators taking the most time in one call of ``fn``, with their share of it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in ops)
+    names = {"aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "aten::addmm": "linear (GEMM)"}
+    return [(names.get(k, k), t / total) for k, t in sorted(ops, key=lambda o: -o[1])[:top]]
 
 
 def _process_cpu_seconds() -> float:
