@@ -205,10 +205,16 @@ def stats(config: Config | str | os.PathLike[str] | None = None, **overrides: An
 
 @scrubbed
 def drop(config: Config | str | os.PathLike[str] | None = None, **overrides: Any) -> dict[str, Any]:
-    """Delete the configured collection and its records."""
+    """Delete the configured collection and its records; when it names an alias that ``rebuild``
+    made, the alias and every version behind it, with their records. Waits for no run: a run
+    holding the collection's lock raises ``CollectionLocked``."""
+    from m3ingest.versions import drop_versions
+
     cfg = resolve_config(config, **overrides)
-    with Records(default_path(cfg)) as records, _store(cfg) as store:
-        existed = store.has_collection(cfg.store.collection)
-        store.drop_collection(cfg.store.collection)
+    name = cfg.store.collection
+    with collection_lock(cfg), Records(default_path(cfg)) as records, _store(cfg) as store:
+        existed = store.has_collection(name)
+        store.drop_collection(name)
+        versions = drop_versions(store, cfg)
         records.clear()
-    return {"collection": cfg.store.collection, "dropped": existed}
+    return {"collection": name, "dropped": existed or bool(versions), "versions": versions}

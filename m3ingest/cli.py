@@ -275,14 +275,19 @@ def drop_command(
     as_json: bool = JsonOpt,
     log_level: Optional[str] = LogOpt,
 ) -> None:
-    """Delete the collection and its records."""
+    """Delete the collection and its records (an alias: with every version behind it)."""
     _setup(log_level)
     if not yes and not typer.confirm("Delete the collection and all its chunks?"):
         raise typer.Exit(int(ExitCode.OK))
     with _user_errors():
         data = api.drop(config, backend=backend, uri=uri, collection=collection)
-    _emit(data, as_json, lambda: [f"dropped {data['collection']}" if data["dropped"]
-                                  else f"no collection {data['collection']}"], False)
+    def lines() -> list[str]:
+        if not data["dropped"]:
+            return [f"no collection {data['collection']}"]
+        versions = f" and its versions {', '.join(data['versions'])}" if data["versions"] else ""
+        return [f"dropped {data['collection']}{versions}"]
+
+    _emit(data, as_json, lines, False)
 
 
 @app.command("verify")

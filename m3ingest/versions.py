@@ -161,6 +161,29 @@ def rebuild_with(
     return RebuildResult(alias, target, shown, chunks, migrated, dropped, summary)
 
 
+def version_config(cfg: Config, name: str) -> Config:
+    """``cfg`` with ``store.collection`` set to the version ``name``."""
+    return cfg.model_copy(update={"store": cfg.store.model_copy(update={"collection": name})})
+
+
+def remove_records(cfg: Config, name: str) -> None:
+    """Delete the record files of ``name``, a version of the alias ``cfg`` names (the alias's
+    own lock file stays: the caller holds it)."""
+    from m3ingest.records import default_path
+
+    path = default_path(version_config(cfg, name))
+    if str(path) != ":memory:":
+        _remove_records(Path(path), with_lock=name != cfg.store.collection)
+
+
+def drop_versions(store: VectorStore, cfg: Config) -> list[str]:
+    """Drop every version of the alias ``cfg.store.collection`` names, and their records."""
+    names = sorted(versions(store, cfg.store.collection).values())
+    for name in names:
+        _drop(store, name, lambda n: remove_records(cfg, n))
+    return names
+
+
 def _drop(store: VectorStore, name: str, on_drop: Callable[[str], None] | None) -> None:
     store.drop_collection(name)
     if on_drop is not None:
@@ -243,7 +266,7 @@ def rebuild(
     stop = stop or threading.Event()
 
     def version(name: str) -> Config:
-        return cfg.model_copy(update={"store": cfg.store.model_copy(update={"collection": name})})
+        return version_config(cfg, name)
 
     def build(target: str) -> Summary:
         nonlocal encoder
@@ -278,10 +301,7 @@ def rebuild(
         return count
 
     def on_drop(name: str) -> None:
-        path = default_path(version(name))
-        if str(path) != ":memory:":
-            # The alias's own lock file is held by this rebuild: it stays.
-            _remove_records(Path(path), with_lock=name != alias)
+        remove_records(cfg, name)
 
     with collection_lock(cfg, wait=wait, timeout=wait_timeout, stop=stop):
         return rebuild_with(

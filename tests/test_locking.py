@@ -171,3 +171,27 @@ def test_cli_exits_3_when_the_collection_is_locked(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_drop_is_refused_while_a_run_holds_the_lock(tmp_path: Path) -> None:
+    import m3ingest
+    from m3ingest.connectors import store_from_config
+    from m3ingest.records import default_path
+
+    from ingest_helpers import make_config, paragraphs
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(paragraphs(1, 3))
+    config = make_config(tmp_path, "milvus")
+    m3ingest.ingest(docs, config)
+    proc = start_holder(lock_path(Path(default_path(config))))
+    try:
+        with pytest.raises(CollectionLocked):
+            m3ingest.drop(config)
+    finally:
+        proc.kill()
+        proc.wait()
+    with store_from_config(config.store) as store:
+        assert store.count("docs") > 0
+    assert m3ingest.drop(config)["dropped"]

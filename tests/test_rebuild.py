@@ -181,3 +181,11 @@ def test_rebuild_end_to_end_with_migration_alias_sync_and_settings_change(tmp_pa
     assert third.collection == "docs__v3" and sorted(third.dropped) == ["docs__v1", "docs__v2"]
     records = tmp_path / f"{Path(config.store.uri).name}.records"
     assert sorted(p.name for p in records.glob("*.sqlite")) == ["docs__v3.sqlite"]
+
+    # drop on the alias removes it, every version and their records.
+    dropped = m3ingest.drop(rechunked)
+    assert dropped["dropped"] and dropped["versions"] == ["docs__v3"]
+    with store_from_config(rechunked.store) as store:
+        assert store.resolve_alias("docs") is None and versions(store, "docs") == {}
+        assert not store.has_collection("docs")
+    assert [p.name for p in records.glob("docs__v*")] == []
