@@ -54,8 +54,9 @@ if TYPE_CHECKING:
 WRITE_CHUNKS = 512
 #: Memory reserved per prepare task (bytes).
 PREPARE_MEMORY = 512 * 2**20
-#: CPUs reserved per write actor: it mostly waits on the store.
-WRITER_CPUS = 0.5
+#: CPUs reserved per write actor: none, as it mostly waits on the store. Any reservation would
+#: keep a 2-core machine's prepare tasks (1 CPU each) from running beside one encoder actor.
+WRITER_CPUS = 0
 
 
 def _ray() -> Any:

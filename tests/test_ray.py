@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from typer.testing import CliRunner
 
 import m3ingest
 from m3ingest.cli import app
-from m3ingest.config import Config, ConfigError
+from m3ingest.config import Config, ConfigError, ExecutorConfig
 from m3ingest.connectors import RetryPolicy, open_store
 from m3ingest.encoder import M3Encoder
 from m3ingest.pipeline import _Writer
@@ -218,6 +221,31 @@ def test_a_driver_that_dies_after_workers_wrote_is_repaired_by_the_next_run(
     summary = m3ingest.ingest(folder, server_config, **on_ray())
     assert summary.files_new == 4
     assert_same_store(server_config, local)
+
+
+CHILD = """
+import sys, ray, m3ingest
+from m3ingest.config import Config
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+summary = m3ingest.ingest(sys.argv[1], Config.model_validate_json(sys.argv[2]))
+print(summary.files_new, summary.chunks_written)
+"""
+
+
+def test_workers_write_on_a_two_cpu_runtime(tmp_path, server_config):
+    """The stages' CPU reservations fit a 2-core laptop: prepare tasks, one encoder actor and the
+    write actors all get scheduled (a reservation too many would leave the run waiting forever)."""
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    config = server_config.model_copy(update={"executor": ExecutorConfig(kind="ray", encoders=1)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), config.model_dump_json()],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    files, chunks = map(int, done.stdout.split()[-2:])
+    assert files == 4 and chunks == len(contents(server_config))
 
 
 def test_workers_cannot_write_an_embedded_store(tmp_path):
