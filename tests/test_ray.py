@@ -90,6 +90,17 @@ def assert_same_store(ray_config: Config, local_config: Config) -> None:
         }
 
 
+@pytest.fixture
+def ingested_locally(tmp_path, encoder) -> tuple[Path, Config]:
+    """The test folder, and its configuration on a Milvus Lite file the local executor filled."""
+    folder = tmp_path / "docs"
+    write_corpus(folder)
+    (tmp_path / "local").mkdir()
+    local = make_config(tmp_path / "local", "milvus")
+    m3ingest.ingest(folder, local, encoder=encoder)
+    return folder, local
+
+
 def counts(summary) -> tuple:
     s = summary
     return (s.files_new, s.files_changed, s.files_unchanged, s.files_deleted, s.files_failed,
@@ -121,14 +132,10 @@ def test_ray_and_local_build_the_same_store(tmp_path, backend, encoder):
     assert again.files_unchanged == 4 and again.tokens_encoded == 0
 
 
-def test_killed_encoder_actor_is_restarted_and_the_run_completes(tmp_path, encoder, monkeypatch):
-    folder = tmp_path / "docs"
-    write_corpus(folder)
-    (tmp_path / "local").mkdir()
+def test_killed_encoder_actor_is_restarted_and_the_run_completes(tmp_path, ingested_locally, monkeypatch):
+    folder, local = ingested_locally
     (tmp_path / "ray").mkdir()
-    local = make_config(tmp_path / "local", "milvus")
     distributed = make_config(tmp_path / "ray", "milvus")
-    m3ingest.ingest(folder, local, encoder=encoder)
 
     # Every encoder actor dies (SIGKILL) on its second batch; one file per batch.
     monkeypatch.setenv("M3INGEST_CRASH_AT", "encode_batch:2")
@@ -181,13 +188,9 @@ def test_workers_write_a_server_store_equal_to_the_local_executor(
 
 
 def test_killed_write_actor_is_restarted_and_the_run_completes(
-    tmp_path, server_config, encoder, monkeypatch
+    ingested_locally, server_config, monkeypatch
 ):
-    folder = tmp_path / "docs"
-    write_corpus(folder)
-    (tmp_path / "local").mkdir()
-    local = make_config(tmp_path / "local", "milvus")
-    m3ingest.ingest(folder, local, encoder=encoder)
+    folder, local = ingested_locally
 
     # Every write actor dies (SIGKILL) before its second upsert; one file per batch.
     monkeypatch.setenv("M3INGEST_CRASH_AT", "store_write:2")
@@ -199,13 +202,9 @@ def test_killed_write_actor_is_restarted_and_the_run_completes(
 
 
 def test_a_driver_that_dies_after_workers_wrote_is_repaired_by_the_next_run(
-    tmp_path, server_config, encoder, monkeypatch
+    ingested_locally, server_config, monkeypatch
 ):
-    folder = tmp_path / "docs"
-    write_corpus(folder)
-    (tmp_path / "local").mkdir()
-    local = make_config(tmp_path / "local", "milvus")
-    m3ingest.ingest(folder, local, encoder=encoder)
+    folder, local = ingested_locally
 
     def die(*args):
         raise RuntimeError("driver died before its first record commit")
