@@ -19,7 +19,7 @@ from pymilvus import (
 )
 from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
-from . import retry
+from . import is_embedded, retry
 from .calls import Call, Plan, arun, run
 from .loops import PerLoop
 from .base import (
@@ -137,7 +137,7 @@ class MilvusStore(VectorStore):
         self.timeout = timeout
         self.max_batch_bytes = max_batch_bytes
         self.retry_policy = retry_policy
-        if "://" not in uri:
+        if is_embedded(uri):
             Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
             uri = str(Path(uri).expanduser())
         kwargs: dict[str, Any] = {"uri": uri, "timeout": timeout}
@@ -460,8 +460,7 @@ class MilvusStore(VectorStore):
     async def _asearch(self, collection: str, query: Query) -> list[SearchHit]:
         return await arun(self._search_plan(collection, query), self._aexecute)
 
-    def _search_plan(self, collection: str, query: Query) -> Plan[list[SearchHit]]:
-        q = query
+    def _search_plan(self, collection: str, q: Query) -> Plan[list[SearchHit]]:
         expr = to_milvus(q.filter)
         n = q.candidates or q.k
         limit = max(q.k, n) if q.colbert is not None else q.k

@@ -347,8 +347,7 @@ class QdrantStore(VectorStore):
             return await super()._asearch(collection, query)
         return await arun(self._search_plan(collection, query), self._aexecute)
 
-    def _search_plan(self, collection: str, query: Query) -> Plan[list[SearchHit]]:
-        q = query
+    def _search_plan(self, collection: str, q: Query) -> Plan[list[SearchHit]]:
         flt = to_qdrant(q.filter)
         n = q.candidates or q.k
         stage = self._first_stage(q.dense, q.sparse, q.mode, q.fusion, n, flt)

@@ -329,19 +329,20 @@ class RayPipeline:
             dataset = self._dataset(ray, items, write) if items else None
             batches = dataset.iter_batches(batch_size=None, batch_format="numpy") if dataset else ()
             for batch in batches:
-                out = batch["written"] if write else batch["chunks"]
-                for result, chunks in zip(batch["result"], out):
+                # Per file: the chunks acknowledged by a write actor, or the encoded chunks.
+                done = batch["written"] if write else batch["chunks"]
+                for result, out in zip(batch["result"], done):
                     files_bar.update(1)
                     plan = start(result, writer, summary)
                     if plan is None:
                         continue
                     summary.tokens_encoded += sum(len(e.chunk.token_ids) for e in plan.encode)
-                    if write:  # upserted and acknowledged by a write actor
-                        chunks_bar.update(int(chunks))
-                        writer.put("acknowledged", (plan, int(chunks)))
+                    if write:
+                        chunks_bar.update(int(out))
+                        writer.put("acknowledged", (plan, int(out)))
                         continue
-                    chunks_bar.update(len(chunks))
-                    pending.append((plan, chunks))
+                    chunks_bar.update(len(out))
+                    pending.append((plan, out))
                     if sum(len(c) for _, c in pending) >= WRITE_CHUNKS:
                         flush()
                 if self.stop.is_set():

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m3ingest.connectors import is_embedded
 from m3ingest.errors import SettingsMismatchError
 
 if TYPE_CHECKING:
@@ -65,10 +66,6 @@ class SourceRecord:
         return list(self.chunks)
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri and uri != ":memory:"
-
-
 def default_path(config: "Config") -> Path | str:
     """Where the records of the configured collection live.
 
@@ -83,7 +80,7 @@ def default_path(config: "Config") -> Path | str:
         return path if path.suffix in (".sqlite", ".db") else path / name
     if store.uri == ":memory:":
         return ":memory:"
-    if _is_local(store.uri):
+    if is_embedded(store.uri):
         uri = Path(store.uri).expanduser()
         return uri.parent / f"{uri.name}.records" / name
     return Path(".m3ingest") / name

@@ -265,9 +265,6 @@ def rebuild(
     alias = cfg.store.collection
     stop = stop or threading.Event()
 
-    def version(name: str) -> Config:
-        return version_config(cfg, name)
-
     def build(target: str) -> Summary:
         nonlocal encoder
         on_drop(target)  # a new version starts from empty records, whatever an old run left
@@ -276,7 +273,7 @@ def rebuild(
 
             m = cfg.model
             encoder = M3Encoder(m.name, device=m.device, dtype=m.dtype, batch_tokens=m.batch_tokens)
-        return api.sync(paths, version(target), stop=stop, encoder=encoder, progress=progress)
+        return api.sync(paths, version_config(cfg, target), stop=stop, encoder=encoder, progress=progress)
 
     def check(store: VectorStore, target: str, summary: Summary) -> int:
         if summary.stopped:
@@ -286,7 +283,7 @@ def rebuild(
                 f"{summary.files_failed} file(s) failed (see the report); switching would lose "
                 "their chunks. Fix them, or pass --allow-failures to switch anyway"
             )
-        with Records(default_path(version(target))) as records:
+        with Records(default_path(version_config(cfg, target))) as records:
             recorded = records.chunk_ids()
             pending = records.intents()
         drift = find_drift(store, target, recorded)
