@@ -11,6 +11,12 @@ The form is a small Mongo-like dict::
 Keys are the built-in fields (``source``, ``chunk_index``, ``start``, ``end``, ``content_hash``) or
 user metadata keys, written ``"lang"`` or ``"metadata.lang"`` (``"metadata.a.b"`` for nested keys).
 Values are never spliced into an expression unescaped, so no value can widen a filter.
+
+Both stores hold ``chunk_index``, ``start`` and ``end`` as 64-bit integers, so a value beyond them
+is answered here: an equality or a bound no stored value can meet is false, a bound every value
+meets is true, and the tree is folded around those constants before it is rendered, so both
+stores give the same answer. Metadata integers must lie within 64 bits (both stores compare JSON
+integers as such); ``$and`` / ``$or`` nest at most ``MAX_DEPTH`` deep.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-from qdrant_client import models
+if TYPE_CHECKING:  # imported when a Qdrant filter is rendered, not with this module
+    from qdrant_client import models
 
 #: Built-in fields and the value type each holds.
 BUILTIN_FIELDS: dict[str, type] = {
@@ -32,6 +39,9 @@ BUILTIN_FIELDS: dict[str, type] = {
     "end": int,
 }
 RANGE_OPS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Deepest nesting of ``$and`` / ``$or`` a filter may have.
+MAX_DEPTH = 32
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 
 Scalar = Union[str, int, float, bool]
@@ -60,38 +70,72 @@ class AnyOf:
     parts: tuple["Node", ...]
 
 
-Node = Union[Condition, AllOf, AnyOf]
+@dataclass(frozen=True)
+class Constant:
+    """A test answered without the store: ``chunk_index == 2**64`` is always false."""
+
+    value: bool
+
+
+ALWAYS = Constant(True)
+NEVER = Constant(False)
+
+Node = Union[Condition, AllOf, AnyOf, Constant]
 
 
 def parse(spec: Mapping[str, Any]) -> Node | None:
-    """Validate a structured filter; None when it is empty (matches everything)."""
+    """Validate a structured filter and fold its constant parts; None when it matches everything
+    (empty, or always true), ``NEVER`` when it matches nothing."""
+    node = _parse(spec, 0)
+    return None if node == ALWAYS else node
+
+
+def _parse(spec: Mapping[str, Any], depth: int) -> Node:
     if not isinstance(spec, Mapping):
         raise FilterError(f"a filter must be a dict, got {type(spec).__name__}")
-    parts = [_parse_item(key, value) for key, value in spec.items()]
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
+    return _all([_parse_item(key, value, depth) for key, value in spec.items()])
 
 
-def _parse_item(key: str, value: Any) -> Node:
+def _parse_item(key: str, value: Any, depth: int) -> Node:
     if not isinstance(key, str):
         raise FilterError(f"filter key {key!r} must be a string")
     if key in ("$and", "$or"):
         if not isinstance(value, (list, tuple)) or not value:
             raise FilterError(f"{key} needs a non-empty list of filters")
-        parts = []
-        for sub in value:
-            node = parse(sub)
-            if node is None:
-                raise FilterError(f"{key} contains an empty filter")
-            parts.append(node)
-        return AllOf(tuple(parts)) if key == "$and" else AnyOf(tuple(parts))
+        if depth >= MAX_DEPTH:
+            raise FilterError(f"the filter nests $and / $or more than {MAX_DEPTH} deep")
+        if any(isinstance(sub, Mapping) and not sub for sub in value):
+            raise FilterError(f"{key} contains an empty filter")
+        parts = [_parse(sub, depth + 1) for sub in value]
+        return _all(parts) if key == "$and" else _any(parts)
     if key.startswith("$"):
         raise FilterError(f"unknown filter operator {key!r} (use $and, $or, or a field name)")
     path = _field_path(key)
     if isinstance(value, Mapping):
         return _parse_ops(key, path, value)
-    return Condition(path, "$eq", _scalar(key, path, value))
+    return _equals(path, _scalar(key, path, value))
+
+
+def _all(parts: list[Node]) -> Node:
+    """``parts`` joined by and: false if one is, without the ones that are always true."""
+    kept: list[Node] = []
+    for part in parts:
+        if part == NEVER:
+            return NEVER
+        if part != ALWAYS:
+            kept.append(part)
+    return ALWAYS if not kept else kept[0] if len(kept) == 1 else AllOf(tuple(kept))
+
+
+def _any(parts: list[Node]) -> Node:
+    """``parts`` joined by or: true if one is, without the ones that are always false."""
+    kept: list[Node] = []
+    for part in parts:
+        if part == ALWAYS:
+            return ALWAYS
+        if part != NEVER:
+            kept.append(part)
+    return NEVER if not kept else kept[0] if len(kept) == 1 else AnyOf(tuple(kept))
 
 
 def _field_path(key: str) -> tuple[str, ...]:
@@ -108,6 +152,14 @@ def _field_path(key: str) -> tuple[str, ...]:
     return ("metadata", *parts)
 
 
+def _int64_field(path: tuple[str, ...]) -> bool:
+    return len(path) == 1 and BUILTIN_FIELDS.get(path[0]) is int
+
+
+def _in_int64(value: Scalar) -> bool:
+    return not _is_int(value) or INT64_MIN <= value <= INT64_MAX  # type: ignore[operator]
+
+
 def _scalar(key: str, path: tuple[str, ...], value: Any) -> Scalar:
     builtin = BUILTIN_FIELDS.get(path[0]) if len(path) == 1 else None
     if builtin is str and not isinstance(value, str):
@@ -118,37 +170,71 @@ def _scalar(key: str, path: tuple[str, ...], value: Any) -> Scalar:
         raise FilterError(f"filter value for {key!r} must be text, a number or a boolean, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise FilterError(f"filter value for {key!r} must be a finite number, got {value!r}")
+    if builtin is None and not _in_int64(value):
+        raise FilterError(
+            f"filter value for metadata key {key!r} is {value}, beyond the 64-bit integers metadata "
+            f"numbers are compared as ({INT64_MIN} to {INT64_MAX}); write it as a float to compare approximately"
+        )
     return value
+
+
+def _equals(path: tuple[str, ...], value: Scalar) -> Node:
+    if _int64_field(path) and not _in_int64(value):
+        return NEVER
+    return Condition(path, "$eq", value)
+
+
+def _one_of(path: tuple[str, ...], values: tuple[Scalar, ...]) -> Node:
+    if _int64_field(path):
+        values = tuple(v for v in values if _in_int64(v))
+        if not values:
+            return NEVER
+    return Condition(path, "$in", values)
+
+
+def _within(path: tuple[str, ...], bounds: dict[str, Scalar]) -> Node:
+    """A range test; on a 64-bit field, a bound beyond the integers it holds is false or dropped."""
+    if _int64_field(path):
+        for op, v in list(bounds.items()):
+            if _in_int64(v):
+                continue
+            lower = op in ("$gt", "$gte")
+            if lower == (v > INT64_MAX):  # type: ignore[operator]
+                return NEVER  # above every value from below, or below every value from above
+            del bounds[op]  # every value meets it
+        if not bounds:
+            return ALWAYS
+    return Condition(path, "range", bounds)
 
 
 def _parse_ops(key: str, path: tuple[str, ...], ops: Mapping[str, Any]) -> Node:
     if not ops:
         raise FilterError(f"filter key {key!r} has an empty operator dict")
     conditions: list[Node] = []
-    bounds: dict[str, float] = {}
+    bounds: dict[str, Scalar] = {}
     for op, value in ops.items():
         if op == "$eq":
-            conditions.append(Condition(path, "$eq", _scalar(key, path, value)))
+            conditions.append(_equals(path, _scalar(key, path, value)))
         elif op == "$in":
             if not isinstance(value, (list, tuple)) or not value:
                 raise FilterError(f"$in on {key!r} needs a non-empty list")
             items = tuple(_scalar(key, path, v) for v in value)
             if not (all(isinstance(v, str) for v in items) or all(_is_int(v) for v in items)):
                 raise FilterError(f"$in on {key!r} needs all texts or all integers, got {list(value)!r}")
-            conditions.append(Condition(path, "$in", items))
+            conditions.append(_one_of(path, items))
         elif op in RANGE_OPS:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise FilterError(f"{op} on {key!r} needs a number, got {value!r}")
             if BUILTIN_FIELDS.get(path[0]) is str and len(path) == 1:
                 raise FilterError(f"{op} on {key!r}: ranges apply to numbers, {key!r} holds text")
-            bounds[op] = _scalar(key, path, value)  # type: ignore[assignment]
+            bounds[op] = _scalar(key, path, value)
         else:
             raise FilterError(
                 f"unknown operator {op!r} on filter key {key!r} (use $eq, $in, $gt, $gte, $lt, $lte)"
             )
     if bounds:
-        conditions.append(Condition(path, "range", bounds))
-    return conditions[0] if len(conditions) == 1 else AllOf(tuple(conditions))
+        conditions.append(_within(path, bounds))
+    return _all(conditions)
 
 
 def _is_int(v: Any) -> bool:
@@ -185,6 +271,8 @@ def _milvus_field(path: tuple[str, ...]) -> str:
 
 
 def _milvus(node: Node) -> str:
+    if isinstance(node, Constant):
+        return "true" if node.value else "false"
     if isinstance(node, AllOf):
         return "(" + " and ".join(_milvus(p) for p in node.parts) + ")"
     if isinstance(node, AnyOf):
@@ -209,6 +297,10 @@ def to_milvus(spec: Mapping[str, Any] | None) -> str:
 
 
 def _qdrant_condition(node: Node) -> models.Condition:
+    from qdrant_client import models
+
+    if isinstance(node, Constant):  # an empty filter matches every point; an empty id list none
+        return models.Filter() if node.value else models.Filter(must=[models.HasIdCondition(has_id=[])])
     if isinstance(node, AllOf):
         return models.Filter(must=[_qdrant_condition(p) for p in node.parts])
     if isinstance(node, AnyOf):
@@ -229,5 +321,7 @@ def to_qdrant(spec: Mapping[str, Any] | None) -> models.Filter | None:
     node = parse(spec) if spec else None
     if node is None:
         return None
+    from qdrant_client import models
+
     condition = _qdrant_condition(node)
     return condition if isinstance(condition, models.Filter) else models.Filter(must=[condition])

@@ -157,6 +157,19 @@ FILTER_CASES = [
     ({"source": "x' or source != '"}, lambda r: False),
     ({"lang": 'en" or metadata["lang"] != "'}, lambda r: False),
     ({"source": {"$in": ['a.md" or "1" == "1']}}, lambda r: False),
+    # Integers beyond int64 on the int64 fields: answered alike by every engine.
+    ({"chunk_index": 2**63}, lambda r: False),
+    ({"chunk_index": -(2**63) - 1}, lambda r: False),
+    ({"chunk_index": {"$lt": 2**80}}, lambda r: True),
+    ({"start": {"$gt": -(2**70)}}, lambda r: True),
+    ({"end": {"$lte": -(2**64)}}, lambda r: False),
+    ({"chunk_index": {"$gte": 2**64}}, lambda r: False),
+    ({"chunk_index": {"$in": [2**64, 1, -(2**64)]}}, lambda r: r.chunk_index == 1),
+    ({"chunk_index": {"$gt": 1, "$lt": 2**64}}, lambda r: r.chunk_index > 1),
+    ({"$or": [{"chunk_index": 2**64}, {"source": "a.md"}]}, lambda r: r.source == "a.md"),
+    ({"$and": [{"chunk_index": {"$gte": -(2**65), "$lt": 3}}, {"lang": "de"}]},
+     lambda r: r.chunk_index < 3 and r.metadata["lang"] == "de"),
+    ({"score": {"$lt": 1e300}, "stars": {"$gt": -1.5}}, lambda r: True),
 ]
 
 
@@ -196,6 +209,18 @@ def test_filters_select_exactly(store, filter_collection, filter_corpus, spec, k
     hits = store.search(collection, dense=query.dense, sparse=query.sparse, mode="hybrid", k=100,
                         candidates=100, filter=spec)
     assert {h.id for h in hits} <= want
+
+
+def test_filters_nest_up_to_the_depth_limit(store, filter_collection, filter_corpus):
+    from m3ingest.connectors.filters import MAX_DEPTH
+
+    spec = {"source": "a.md"}
+    for i in range(MAX_DEPTH):  # and-ed with what always holds, or-ed with what never does
+        spec = {"$and": [spec, {"chunk_index": {"$gte": 0}}]} if i % 2 else {"$or": [spec, {"start": -1}]}
+    hits = store.search(filter_collection, dense=filter_corpus[0].dense, mode="dense", k=100, filter=spec)
+    assert {h.id for h in hits} == {r.id for r in filter_corpus if r.source == "a.md"}
+    with pytest.raises(FilterError, match="more than 32 deep"):
+        store.search(filter_collection, dense=filter_corpus[0].dense, mode="dense", filter={"$or": [spec]})
 
 
 def test_bad_filter_names_the_key(store, filter_collection, filter_corpus):

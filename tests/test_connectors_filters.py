@@ -3,7 +3,7 @@
 import pytest
 from qdrant_client import models
 
-from m3ingest.connectors.filters import FilterError, milvus_string, to_milvus, to_qdrant
+from m3ingest.connectors.filters import MAX_DEPTH, FilterError, milvus_string, to_milvus, to_qdrant
 
 
 def test_milvus_expressions():
@@ -73,3 +73,66 @@ def test_invalid_filters_name_the_problem(spec, named):
         to_milvus(spec)
     with pytest.raises(FilterError, match=named):
         to_qdrant(spec)
+
+
+# --- integers beyond int64 and deep nesting -----------------------------------------------------
+
+NOTHING = models.Filter(must=[models.HasIdCondition(has_id=[])])
+BIG = 2**63
+
+
+@pytest.mark.parametrize(
+    "spec,milvus",
+    [
+        ({"chunk_index": BIG}, "false"),
+        ({"chunk_index": -BIG - 1}, "false"),
+        ({"chunk_index": {"$eq": 2**64}}, "false"),
+        ({"start": {"$gt": BIG}}, "false"),
+        ({"start": {"$gte": 2**80}}, "false"),
+        ({"end": {"$lt": -BIG - 1}}, "false"),
+        ({"end": {"$lte": -(2**70)}}, "false"),
+        ({"chunk_index": {"$in": [2**64, -(2**64)]}}, "false"),
+        ({"$and": [{"source": "a"}, {"chunk_index": 2**64}]}, "false"),
+        ({"$or": [{"chunk_index": 2**64}, {"end": {"$lt": -(2**64)}}]}, "false"),
+        ({"chunk_index": {"$lt": 2**80}}, ""),
+        ({"start": {"$gte": -(2**70)}}, ""),
+        ({"$or": [{"source": "a"}, {"end": {"$lte": BIG}}]}, ""),
+        ({"chunk_index": {"$in": [2**64, 1, -(2**64)]}}, "(chunk_index in [1])"),
+        ({"chunk_index": {"$gt": 1, "$lt": 2**64}}, "(chunk_index > 1)"),
+        ({"$or": [{"chunk_index": 2**64}, {"source": "a"}]}, '(source == "a")'),
+        ({"source": "a", "start": {"$gt": -(2**64), "$lte": BIG - 1}}, f'((source == "a") and (start <= {BIG - 1}))'),
+    ],
+)
+def test_bounds_beyond_int64_fold_into_the_filter(spec, milvus):
+    assert to_milvus(spec) == milvus
+    qdrant = to_qdrant(spec)
+    if milvus == "false":
+        assert qdrant == NOTHING
+    elif milvus == "":
+        assert qdrant is None
+    else:
+        assert qdrant is not None and qdrant != NOTHING
+
+
+@pytest.mark.parametrize("spec", [{"stars": 2**63}, {"stars": {"$lt": -(2**63) - 1}}, {"metadata.n": {"$in": [1, 2**64]}}])
+def test_metadata_integers_beyond_int64_are_refused(spec):
+    for render in (to_milvus, to_qdrant):
+        with pytest.raises(FilterError, match="beyond the 64-bit integers"):
+            render(spec)
+    assert to_milvus({"stars": float(2**70)}) == f"(metadata[\"stars\"] == {float(2**70)!r})"
+
+
+def _nested(depth, op="$and"):
+    spec = {"source": "a"}
+    for i in range(depth):
+        spec = {("$and", "$or")[i % 2] if op == "mixed" else op: [spec, {"chunk_index": i}]}
+    return spec
+
+
+def test_nesting_up_to_the_limit_renders_and_deeper_is_refused():
+    assert to_milvus(_nested(MAX_DEPTH, "mixed")).count("(") > MAX_DEPTH
+    assert to_qdrant(_nested(MAX_DEPTH)) is not None
+    for depth in (MAX_DEPTH + 1, 200, 100_000):  # the check itself recurses no deeper than the limit
+        for render in (to_milvus, to_qdrant):
+            with pytest.raises(FilterError, match=f"nests \\$and / \\$or more than {MAX_DEPTH} deep"):
+                render(_nested(depth))
