@@ -1,42 +1,61 @@
-"""Vector databases behind one small interface: Milvus (Lite file or server) and Qdrant (local or server)."""
+"""Vector databases behind one small interface: Milvus (Lite file or server) and Qdrant (local or server).
+
+Importing this package is cheap: the database clients (and numpy) are imported when a store is
+opened or a filter rendered, so a command's ``--help`` does not wait for them.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Literal
 
-from .base import (
-    CHUNK_FIELDS,
-    ChunkRecord,
-    Filter,
-    Fusion,
-    SchemaMismatchError,
-    SearchHit,
-    SearchMode,
-    StoreError,
-    VectorStore,
-)
-from .filters import FilterError
+from .location import StoreLocation, parse_location
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from m3ingest.config import StoreConfig
 
-__all__ = [
-    "CHUNK_FIELDS",
-    "ChunkRecord",
-    "Filter",
-    "FilterError",
-    "Fusion",
-    "RetryPolicy",
-    "SchemaMismatchError",
-    "SearchHit",
-    "SearchMode",
-    "StoreError",
-    "VectorStore",
-    "is_embedded",
-    "open_store",
-    "store_from_config",
-]
+    from .base import (
+        CHUNK_FIELDS,
+        ChunkRecord,
+        Filter,
+        Fusion,
+        SchemaMismatchError,
+        SearchHit,
+        SearchMode,
+        StoreError,
+        StoreNotFoundError,
+        VectorStore,
+    )
+    from .filters import FilterError
+
+#: Public names defined in submodules, imported on first use.
+_LAZY = {
+    "CHUNK_FIELDS": "base",
+    "ChunkRecord": "base",
+    "Filter": "base",
+    "Fusion": "base",
+    "SchemaMismatchError": "base",
+    "SearchHit": "base",
+    "SearchMode": "base",
+    "StoreError": "base",
+    "StoreNotFoundError": "base",
+    "VectorStore": "base",
+    "FilterError": "filters",
+}
+
+__all__ = sorted(
+    [*_LAZY, "RetryPolicy", "StoreLocation", "is_embedded", "open_store", "parse_location", "store_from_config"]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def open_store(
@@ -49,34 +68,39 @@ def open_store(
     api_key: str | None = None,
     timeout: float = 30.0,
     retry_policy: RetryPolicy = RetryPolicy(),
-) -> VectorStore:
+    create: bool = True,
+) -> "VectorStore":
     """Connect to a store.
 
     Milvus: ``uri`` is a Milvus Lite file (``./m3ingest.db``) or a server (``http://host:19530``),
     with ``token`` or ``user``/``password``. Qdrant: ``uri`` is ``:memory:``, a local folder or a
-    server (``http://host:6333``), with ``api_key``.
+    server (``http://host:6333``), with ``api_key``. ``create=False`` (for commands that only
+    read) raises ``StoreNotFoundError`` for an embedded store that does not exist, and creates
+    nothing on disk.
     """
     if backend == "milvus":
         from .milvus import MilvusStore
 
         return MilvusStore(
-            uri, token=token, user=user, password=password, timeout=timeout, retry_policy=retry_policy
+            uri, token=token, user=user, password=password, timeout=timeout, retry_policy=retry_policy,
+            create=create,
         )
     if backend == "qdrant":
         from .qdrant import QdrantStore
 
-        return QdrantStore(uri, api_key=api_key or token, timeout=timeout, retry_policy=retry_policy)
+        return QdrantStore(uri, api_key=api_key or token, timeout=timeout, retry_policy=retry_policy, create=create)
     raise ValueError(f"unknown store backend {backend!r}; set store.backend to 'milvus' or 'qdrant'")
 
 
 def is_embedded(uri: str) -> bool:
     """Whether ``uri`` names an in-process engine (a Milvus Lite file, a Qdrant local folder or
     ``:memory:``), which only one process may open, rather than a server."""
-    return "://" not in uri
+    return parse_location(uri).kind != "server"
 
 
-def store_from_config(cfg: "StoreConfig") -> VectorStore:
-    """The store a ``[store]`` configuration section describes (secrets read from it, never logged)."""
+def store_from_config(cfg: "StoreConfig", *, create: bool = True) -> "VectorStore":
+    """The store a ``[store]`` configuration section describes (secrets read from it, never logged);
+    ``create`` as in ``open_store``."""
     from m3ingest.config import secret
 
     return open_store(
@@ -87,4 +111,5 @@ def store_from_config(cfg: "StoreConfig") -> VectorStore:
         password=secret(cfg.password),
         api_key=secret(cfg.api_key),
         timeout=cfg.timeout,
+        create=create,
     )

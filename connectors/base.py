@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by the stores, not by importing the interface
+    import numpy as np
 
 SearchMode = Literal["dense", "sparse", "hybrid"]
 
@@ -31,6 +31,32 @@ class ChunkRecord:
     dense: np.ndarray | None = None
     sparse: dict[int, float] | None = None
     colbert: np.ndarray | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The fields stored beside the vectors (``CHUNK_FIELDS``), as the stores hold them."""
+        return {
+            "text": self.text,
+            "source": self.source,
+            "chunk_index": int(self.chunk_index),
+            "start": int(self.start),
+            "end": int(self.end),
+            "content_hash": self.content_hash,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_payload(cls, id: str, payload: Mapping[str, Any]) -> "ChunkRecord":
+        """The chunk, without vectors, whose ``payload()`` a store returned."""
+        return cls(
+            id=id,
+            text=payload["text"],
+            source=payload["source"],
+            chunk_index=int(payload["chunk_index"]),
+            start=int(payload["start"]),
+            end=int(payload["end"]),
+            content_hash=payload["content_hash"],
+            metadata=dict(payload.get("metadata") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -85,9 +111,24 @@ class Query:
     with_vectors: bool = False
     colbert: np.ndarray | None = None
 
+    def check(self) -> "Query":
+        """This query, once its mode and vectors fit together (else ``ValueError``)."""
+        if self.mode not in ("dense", "sparse", "hybrid"):
+            raise ValueError(f"search mode must be dense, sparse or hybrid, got {self.mode!r}")
+        if self.mode != "sparse" and self.dense is None:
+            raise ValueError(f"{self.mode} search needs a dense query vector")
+        if self.mode != "dense" and self.sparse is None:
+            raise ValueError(f"{self.mode} search needs a sparse query vector")
+        return self
+
 
 class StoreError(RuntimeError):
-    """A store operation failed; the message names the store, the operation and the collection."""
+    """A store operation failed; the message names the backend, where the store is (credentials
+    removed), the operation and the collection."""
+
+
+class StoreNotFoundError(StoreError):
+    """An embedded store opened to read (``create=False``) does not exist."""
 
 
 class SchemaMismatchError(StoreError):
@@ -103,6 +144,11 @@ class VectorStore(ABC):
 
     #: Short name used in messages, e.g. ``"milvus"`` or ``"qdrant"``.
     backend: str = ""
+
+    @property
+    def label(self) -> str:
+        """The store as its messages name it, e.g. ``"milvus at http://host:19530"`` (no credentials)."""
+        return self.backend
 
     @abstractmethod
     def ensure_collection(self, collection: str, dim: int, colbert: bool = False) -> None:
@@ -168,7 +214,7 @@ class VectorStore(ABC):
         in a collection created with ColBERT storage.
         """
         query = Query(dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert)
-        return self._search(collection, query)
+        return self._search(collection, query.check())
 
     async def aget(
         self, collection: str, ids: Sequence[str], with_vectors: bool = False
@@ -177,6 +223,8 @@ class VectorStore(ABC):
 
         This default runs ``get`` in a worker thread; stores with an async client override it.
         """
+        import asyncio
+
         return await asyncio.to_thread(self.get, collection, ids, with_vectors)
 
     async def asearch(
@@ -195,7 +243,7 @@ class VectorStore(ABC):
     ) -> list[SearchHit]:
         """``search`` for async callers, without blocking the event loop."""
         query = Query(dense, sparse, mode, k, filter, fusion, candidates, with_vectors, colbert)
-        return await self._asearch(collection, query)
+        return await self._asearch(collection, query.check())
 
     @abstractmethod
     def _search(self, collection: str, query: Query) -> list[SearchHit]:
@@ -204,6 +252,8 @@ class VectorStore(ABC):
     async def _asearch(self, collection: str, query: Query) -> list[SearchHit]:
         """``asearch``: this default runs ``_search`` in a worker thread; stores with an async
         client override it."""
+        import asyncio
+
         return await asyncio.to_thread(self._search, collection, query)
 
     def flush(self, collection: str) -> None:

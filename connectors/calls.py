@@ -1,8 +1,9 @@
 """Store reads written once for sync and async clients: a plan yields client calls, a driver makes them.
 
-A plan is a generator: it yields each ``Call`` it needs and receives the client's answer, then
-returns the result. ``run`` answers with a sync client, ``arun`` with an async one; the request
-building and result parsing in the plan are the same for both.
+A plan is a generator: it yields each ``Call`` it needs and receives the client's answer (or, where
+the call failed, its exception, raised at the ``yield``), then returns the result. ``run`` answers
+with a sync client, ``arun`` with an async one; the request building, result parsing and recovery
+in the plan are the same for both.
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ Plan = Generator[Call, Any, T]
 
 
 def run(plan: Plan[T], execute: Callable[[Call], Any]) -> T:
-    """Drive ``plan`` to its result, answering each call with ``execute(call)``."""
+    """Drive ``plan`` to its result, answering each call with ``execute(call)``; an exception of
+    ``execute`` is thrown into the plan, which may handle it."""
     try:
         call = next(plan)
         while True:
-            call = plan.send(execute(call))
+            try:
+                answer = execute(call)
+            except Exception as e:
+                call = plan.throw(e)
+            else:
+                call = plan.send(answer)
     except StopIteration as done:
         return done.value
 
@@ -47,6 +54,11 @@ async def arun(plan: Plan[T], execute: Callable[[Call], Awaitable[Any]]) -> T:
     try:
         call = next(plan)
         while True:
-            call = plan.send(await execute(call))
+            try:
+                answer = await execute(call)
+            except Exception as e:
+                call = plan.throw(e)
+            else:
+                call = plan.send(answer)
     except StopIteration as done:
         return done.value

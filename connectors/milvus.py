@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pymilvus import (
@@ -17,25 +16,14 @@ from pymilvus import (
     RRFRanker,
     WeightedRanker,
 )
+from pymilvus.client.types import LoadState
 from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
-from . import is_embedded, retry
-from .calls import Call, Plan, arun, run
-from .loops import PerLoop
-from .base import (
-    ChunkRecord,
-    Fusion,
-    Query,
-    SchemaMismatchError,
-    SearchHit,
-    SearchMode,
-    StoreError,
-    VectorStore,
-)
-from .batching import batches_by_bytes
+from . import retry
+from .base import ChunkRecord, Fusion, Query, SearchHit, StoreError
+from .calls import Call, Plan, run
+from .client import ClientStore
 from .filters import milvus_string, to_milvus
-
-T = TypeVar("T")
 
 #: Milvus' largest VARCHAR, in bytes. Longer text continues in ``text_more`` (see docs/connectors.md).
 VARCHAR_MAX = 65535
@@ -67,16 +55,6 @@ _EXPECTED: dict[str, tuple[DataType, DataType | None]] = {
     "sparse": (DataType.SPARSE_FLOAT_VECTOR, None),
 }
 _COLBERT = ("colbert", (DataType.ARRAY, _VARCHAR))
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth another try: the server is unreachable, restarting or rate limiting."""
-    if isinstance(exc, MilvusUnavailableException) or retry.is_transient_builtin(exc):
-        return True
-    if isinstance(exc, MilvusException):
-        text = str(exc).lower()
-        return any(s in text for s in ("unavailable", "connection refused", "rate limit", "deadline"))
-    return False
 
 
 def split_utf8(text: str, limit: int = VARCHAR_MAX) -> list[str]:
@@ -115,12 +93,16 @@ def max_sim(query: np.ndarray, doc: np.ndarray) -> float:
     return float((np.asarray(query, np.float32) @ np.asarray(doc, np.float32).T).max(axis=1).sum())
 
 
-class MilvusStore(VectorStore):
-    """Chunks in Milvus collections: a Milvus Lite file path or an ``http(s)://`` server URI."""
+class MilvusStore(ClientStore[MilvusClient, AsyncMilvusClient]):
+    """Chunks in Milvus collections: a Milvus Lite file path (``./m3ingest.db``) or a server URI
+    (``http(s)://host:19530``), with ``token`` or ``user`` / ``password`` for a server that asks.
+
+    ``options`` are ``ClientStore``'s: ``timeout``, ``max_batch_bytes``, ``retry_policy``, ``create``.
+    """
 
     backend = "milvus"
-    #: Rows per page when listing every chunk (``ids_by_source``).
-    scan_batch = 4096
+    embedded_name = "Milvus Lite file"
+    max_batch_bytes = DEFAULT_BATCH_BYTES
 
     def __init__(
         self,
@@ -129,97 +111,74 @@ class MilvusStore(VectorStore):
         token: str | None = None,
         user: str | None = None,
         password: str | None = None,
-        timeout: float = 30.0,
-        max_batch_bytes: int = DEFAULT_BATCH_BYTES,
-        retry_policy: retry.RetryPolicy = retry.RetryPolicy(),
+        **options: Any,
     ) -> None:
-        self.uri = uri
-        self.timeout = timeout
-        self.max_batch_bytes = max_batch_bytes
-        self.retry_policy = retry_policy
-        if is_embedded(uri):
-            Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            uri = str(Path(uri).expanduser())
-        kwargs: dict[str, Any] = {"uri": uri, "timeout": timeout}
+        self._credentials: dict[str, Any] = {}
         if token:
-            kwargs["token"] = token
+            self._credentials["token"] = token
         if user:
-            kwargs["user"] = user
-            kwargs["password"] = password or ""
-        self.client: MilvusClient = self._call(f"connect to {self.uri}", None, lambda: MilvusClient(**kwargs))
-        self._client_kwargs = kwargs
-        # asearch / aget use AsyncMilvusClient, on Milvus Lite files as on servers.
-        self._async_clients: PerLoop[AsyncMilvusClient] = PerLoop(self._open_async, AsyncMilvusClient.close)
+            self._credentials.update(user=user, password=password or "")
+        #: Collections (or aliases) seen loaded: Milvus serves only loaded ones, and a Milvus Lite
+        #: file opened again starts with every collection released.
+        self._loaded: set[str] = set()
+        super().__init__(uri, **options)
 
-    # --- plumbing --------------------------------------------------------------------------------
+    @staticmethod
+    def is_transient(exc: BaseException) -> bool:
+        """Errors worth another try: the server is unreachable, restarting or rate limiting."""
+        if isinstance(exc, MilvusUnavailableException) or retry.is_transient_builtin(exc):
+            return True
+        if isinstance(exc, MilvusException):
+            text = str(exc).lower()
+            return any(s in text for s in ("unavailable", "connection refused", "rate limit", "deadline"))
+        return False
 
-    def _call(self, operation: str, collection: str | None, fn: Callable[[], T]) -> T:
-        return retry.call(
-            fn,
-            backend=self.backend,
-            operation=operation,
-            collection=collection,
-            is_transient=is_transient,
-            policy=self.retry_policy,
-        )
+    # --- connecting ------------------------------------------------------------------------------
 
-    def _read(self, operation: str, collection: str, fn: Callable[[], T]) -> T:
-        """A read that first loads a released collection (Milvus serves only loaded ones)."""
+    def _client_kwargs(self) -> dict[str, Any]:
+        path = self.location.path
+        return {"uri": str(path) if path else self.uri, "timeout": self.timeout, **self._credentials}
 
-        def attempt() -> T:
-            try:
-                return fn()
-            except MilvusException as e:
-                if not _needs_load(e) or not self.client.has_collection(collection):
-                    raise
-                self.client.load_collection(collection, timeout=self.timeout)
-                return fn()
-
-        return self._call(operation, collection, attempt)
-
-    def _execute(self, call: Call) -> Any:
-        return self._read(call.operation, call.collection, lambda: call.on(self.client))
+    def _connect(self) -> MilvusClient:
+        if self.location.path is not None:
+            self.location.path.parent.mkdir(parents=True, exist_ok=True)
+        return MilvusClient(**self._client_kwargs())
 
     async def _open_async(self) -> AsyncMilvusClient:
         # dedicated: a connection of this loop's own, never one pymilvus kept for an earlier loop
-        client = AsyncMilvusClient(**self._client_kwargs, dedicated=True)
+        client = AsyncMilvusClient(**self._client_kwargs(), dedicated=True)
         await client.__aenter__()  # connects once here, not in each of the first concurrent calls
         return client
 
-    async def _aexecute(self, call: Call) -> Any:
-        """``_execute`` with this loop's async client: the same call, retries and load-on-demand."""
+    async def _close_async(self, client: AsyncMilvusClient) -> None:
+        await client.close()
 
-        async def attempt() -> Any:
-            client = await self._async_clients.get()
-            try:
-                return await call.on(client)
-            except MilvusException as e:
-                if not _needs_load(e) or not await client.has_collection(call.collection):
-                    raise
-                await client.load_collection(call.collection, timeout=self.timeout)
-                return await call.on(client)
+    def _loaded_call(self, call: Call) -> Plan[Any]:
+        """``call``, a read, made on a loaded collection: loaded first the first time this store
+        reads it, and again if it was released since."""
+        if call.collection not in self._loaded:
+            yield from self._load(call.operation, call.collection)
+        try:
+            return (yield call)
+        except StoreError as e:
+            if not _needs_load(e.__cause__):
+                raise
+        yield from self._load(call.operation, call.collection)
+        return (yield call)
 
-        return await retry.acall(
-            attempt,
-            backend=self.backend,
-            operation=call.operation,
-            collection=call.collection,
-            is_transient=is_transient,
-            policy=self.retry_policy,
-        )
-
-    def _fields(self, collection: str) -> dict[str, dict[str, Any]]:
-        info = self._call("describe", collection, lambda: self.client.describe_collection(collection))
-        return _schema_fields(info)
+    def _load(self, operation: str, collection: str) -> Plan[None]:
+        state = yield Call(operation, collection, "get_load_state", (collection,))
+        if state["state"] != LoadState.Loaded:
+            yield Call(operation, collection, "load_collection", (collection,), {"timeout": self.timeout})
+        self._loaded.add(collection)
 
     # --- collections -----------------------------------------------------------------------------
 
-    def ensure_collection(self, collection: str, dim: int, colbert: bool = False) -> None:
-        """Create the collection, or check that the existing one has this schema, and load it."""
-        if self.has_collection(collection):
-            self._check_schema(collection, dim, colbert)
-            self._call("load", collection, lambda: self.client.load_collection(collection))
-            return
+    def _prepare_existing(self, collection: str) -> None:
+        self._call("load", collection, lambda: self.client.load_collection(collection))
+        self._loaded.add(collection)
+
+    def _create_collection(self, collection: str, dim: int, colbert: bool) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=36)
         schema.add_field("text", DataType.VARCHAR, max_length=VARCHAR_MAX)
@@ -250,8 +209,13 @@ class MilvusStore(VectorStore):
                 collection, schema=schema, index_params=index, consistency_level="Strong"
             ),
         )
+        self._loaded.add(collection)  # created with its indexes, a collection starts loaded
 
-    def _check_schema(self, collection: str, dim: int, colbert: bool) -> None:
+    def _fields(self, collection: str) -> dict[str, dict[str, Any]]:
+        info = self._call("describe", collection, lambda: self.client.describe_collection(collection))
+        return _schema_fields(info)
+
+    def _schema_problems(self, collection: str, dim: int, colbert: bool) -> list[str]:
         fields = self._fields(collection)
         expected = dict(_EXPECTED)
         if colbert:
@@ -266,12 +230,7 @@ class MilvusStore(VectorStore):
         have = fields.get("dense", {}).get("params", {}).get("dim")
         if have is not None and int(have) != dim:
             problems.append(f"dense dimension is {have}, this run needs {dim}")
-        if problems:
-            raise SchemaMismatchError(
-                f"milvus: collection '{collection}' does not match the m3ingest schema: "
-                + "; ".join(problems)
-                + ". Use another collection name or drop this one (m3ingest drop)."
-            )
+        return problems
 
     def has_collection(self, collection: str) -> bool:
         return self._call("has collection", collection, lambda: self.client.has_collection(collection))
@@ -279,44 +238,37 @@ class MilvusStore(VectorStore):
     def list_collections(self) -> list[str]:
         return sorted(self._call("list collections", None, self.client.list_collections))
 
-    def drop_collection(self, collection: str) -> None:
-        """Drop the collection and the aliases that point at it; dropping an alias name drops the alias."""
-        if self.resolve_alias(collection) is not None:
-            self.drop_alias(collection)
-            return
-        if not self.has_collection(collection):
-            return
-        aliases = self._call(
-            "list aliases", collection, lambda: self.client.list_aliases(collection)
-        ).get("aliases", [])
-        for alias in aliases:
-            self.drop_alias(alias)
-        self._call("drop collection", collection, lambda: self.client.drop_collection(collection))
+    def _aliases_of(self, collection: str) -> list[str]:
+        found = self._call("list aliases", collection, lambda: self.client.list_aliases(collection))
+        return list(found.get("aliases", []))
+
+    def _drop_collection_call(self, collection: str) -> Call:
+        self._loaded.discard(collection)
+        return Call("drop collection", collection, "drop_collection", (collection,))
 
     # --- writes ----------------------------------------------------------------------------------
 
+    def _rows(self, collection: str, records: Sequence[ChunkRecord]) -> list[dict[str, Any]]:
+        colbert_field = "colbert" in self._fields(collection)
+        return [self._row(collection, r, colbert_field) for r in records]
+
     def _row(self, collection: str, r: ChunkRecord, colbert_field: bool) -> dict[str, Any]:
         if r.dense is None or r.sparse is None:
-            raise StoreError(f"milvus: chunk {r.id} of {r.source} has no dense or sparse vector")
+            raise self._fail(f"chunk {r.id} of {r.source} has no dense or sparse vector")
         parts = split_utf8(r.text)
         if len(parts) > 1 + TEXT_PARTS_MAX:
-            raise StoreError(
-                f"milvus: chunk {r.id} of {r.source} has {len(r.text.encode())} bytes of text, more than "
+            raise self._fail(
+                f"chunk {r.id} of {r.source} has {len(r.text.encode())} bytes of text, more than "
                 f"the {(1 + TEXT_PARTS_MAX) * VARCHAR_MAX} a chunk can hold in collection "
                 f"'{collection}'; lower chunking.chunk_size"
             )
         if len(r.source.encode("utf-8")) > VARCHAR_MAX:
-            raise StoreError(f"milvus: source path of chunk {r.id} is over {VARCHAR_MAX} bytes")
+            raise self._fail(f"source path of chunk {r.id} is over {VARCHAR_MAX} bytes")
         row: dict[str, Any] = {
+            **r.payload(),
             "id": r.id,
             "text": parts[0],
             "text_more": parts[1:],
-            "source": r.source,
-            "chunk_index": int(r.chunk_index),
-            "start": int(r.start),
-            "end": int(r.end),
-            "content_hash": r.content_hash,
-            "metadata": r.metadata,
             "dense": np.asarray(r.dense, dtype=np.float32).tolist(),
             "sparse": dict(r.sparse) if not isinstance(r.sparse, dict) else r.sparse,
         }
@@ -324,16 +276,16 @@ class MilvusStore(VectorStore):
             row["sparse"] = {EMPTY_SPARSE_TOKEN: 1.0}
         if colbert_field:
             if r.colbert is not None and np.shape(r.colbert)[1:] != (len(row["dense"]),):
-                raise StoreError(
-                    f"milvus: ColBERT vectors of chunk {r.id} have shape {np.shape(r.colbert)}, "
+                raise self._fail(
+                    f"ColBERT vectors of chunk {r.id} have shape {np.shape(r.colbert)}, "
                     f"expected (tokens, {len(row['dense'])})"
                 )
             row["colbert"] = encode_colbert(r.colbert) if r.colbert is not None else []
             if len(row["colbert"]) > COLBERT_PARTS_MAX:
-                raise StoreError(f"milvus: ColBERT vectors of chunk {r.id} are too large to store")
+                raise self._fail(f"ColBERT vectors of chunk {r.id} are too large to store")
         elif r.colbert is not None:
-            raise StoreError(
-                f"milvus: collection '{collection}' was created without ColBERT storage "
+            raise self._fail(
+                f"collection '{collection}' was created without ColBERT storage "
                 "(store.colbert = false); recreate it with colbert enabled to store ColBERT vectors"
             )
         return row
@@ -345,49 +297,20 @@ class MilvusStore(VectorStore):
         vectors = 4 * len(row["dense"]) + 12 * len(row["sparse"]) + sum(map(len, row.get("colbert", ())))
         return 256 + text + len(row["source"].encode("utf-8")) + meta + vectors
 
-    def upsert(self, collection: str, records: Sequence[ChunkRecord]) -> None:
-        if not records:
-            return
-        colbert_field = "colbert" in self._fields(collection)
-        rows = [self._row(collection, r, colbert_field) for r in records]
-        for batch in batches_by_bytes(rows, self._row_bytes, self.max_batch_bytes):
-            self._call(
-                f"upsert of {len(batch)} chunks",
-                collection,
-                lambda batch=batch: self.client.upsert(collection, batch, timeout=self.timeout),
-            )
+    def _write_options(self) -> dict[str, Any]:
+        return {"timeout": self.timeout}
 
-    def delete(self, collection: str, ids: Iterable[str]) -> None:
-        ids = list(ids)
-        for i in range(0, len(ids), 10_000):
-            part = ids[i : i + 10_000]
-            self._call(
-                f"delete of {len(part)} chunks",
-                collection,
-                lambda part=part: self.client.delete(collection, ids=part, timeout=self.timeout),
-            )
+    def _ids_selector(self, ids: list[str]) -> dict[str, Any]:
+        return {"ids": ids}
 
-    def delete_source(self, collection: str, source: str) -> None:
-        expr = f"source == {milvus_string(source)}"
-        self._call(
-            f"delete of source {source!r}",
-            collection,
-            lambda: self.client.delete(collection, filter=expr, timeout=self.timeout),
-        )
+    def _source_selector(self, source: str) -> dict[str, Any]:
+        return {"filter": f"source == {milvus_string(source)}"}
 
     # --- reads -----------------------------------------------------------------------------------
 
     def _record(self, row: Mapping[str, Any], dim: int | None = None) -> ChunkRecord:
-        record = ChunkRecord(
-            id=row["id"],
-            text=row["text"] + "".join(row.get("text_more") or ()),
-            source=row["source"],
-            chunk_index=int(row["chunk_index"]),
-            start=int(row["start"]),
-            end=int(row["end"]),
-            content_hash=row["content_hash"],
-            metadata=dict(row.get("metadata") or {}),
-        )
+        text = row["text"] + "".join(row.get("text_more") or ())
+        record = ChunkRecord.from_payload(row["id"], {**row, "text": text})
         if "dense" in row:
             record.dense = np.asarray(row["dense"], dtype=np.float32)
             sparse = {int(i): float(w) for i, w in _sparse_items(row["sparse"])}
@@ -396,16 +319,6 @@ class MilvusStore(VectorStore):
             if dim is not None:
                 record.colbert = decode_colbert(row.get("colbert") or [], dim)
         return record
-
-    def get(
-        self, collection: str, ids: Sequence[str], with_vectors: bool = False
-    ) -> list[ChunkRecord]:
-        return run(self._get_plan(collection, ids, with_vectors), self._execute)
-
-    async def aget(
-        self, collection: str, ids: Sequence[str], with_vectors: bool = False
-    ) -> list[ChunkRecord]:
-        return await arun(self._get_plan(collection, ids, with_vectors), self._aexecute)
 
     def _get_plan(self, collection: str, ids: Sequence[str], with_vectors: bool) -> Plan[list[ChunkRecord]]:
         ids = list(dict.fromkeys(ids))
@@ -424,16 +337,14 @@ class MilvusStore(VectorStore):
         for i in range(0, len(ids), 1000):
             part = ids[i : i + 1000]
             args = {"ids": part, "output_fields": fields}
-            found = yield Call(f"get of {len(part)} chunks", collection, "get", (collection,), args)
+            call = Call(f"get of {len(part)} chunks", collection, "get", (collection,), args)
+            found = yield from self._loaded_call(call)
             rows.update((row["id"], self._record(row, dim)) for row in found)
         return [rows[i] for i in ids if i in rows]
 
-    def count(self, collection: str) -> int:
-        res = self._read(
-            "count",
-            collection,
-            lambda: self.client.query(collection, filter="", output_fields=["count(*)"]),
-        )
+    def _count_plan(self, collection: str) -> Plan[int]:
+        args = {"filter": "", "output_fields": ["count(*)"]}
+        res = yield from self._loaded_call(Call("count", collection, "query", (collection,), args))
         return int(res[0]["count(*)"])
 
     def ids_by_source(self, collection: str, source: str | None = None) -> dict[str, set[str]]:
@@ -452,32 +363,29 @@ class MilvusStore(VectorStore):
                 it.close()
             return out
 
-        return self._read("list of sources", collection, scan)
-
-    def _search(self, collection: str, query: Query) -> list[SearchHit]:
-        return run(self._search_plan(collection, query), self._execute)
-
-    async def _asearch(self, collection: str, query: Query) -> list[SearchHit]:
-        return await arun(self._search_plan(collection, query), self._aexecute)
+        if collection not in self._loaded:
+            run(self._load("list of sources", collection), self._execute)
+        return self._call("list of sources", collection, scan)
 
     def _search_plan(self, collection: str, q: Query) -> Plan[list[SearchHit]]:
         expr = to_milvus(q.filter)
         n = q.candidates or q.k
         limit = max(q.k, n) if q.colbert is not None else q.k
-        requests = _requests(q.dense, q.sparse, q.mode, n, expr)
+        requests = _requests(q, n, expr)
         fields = ["id", *SCALAR_FIELDS]
         if not requests:
             return []
         common = {"limit": limit, "output_fields": fields, "timeout": self.timeout}
         if q.mode == "hybrid":
             args = (collection, requests, _ranker(q.fusion, len(requests)))
-            result = yield Call("hybrid search", collection, "hybrid_search", args, common)
+            call = Call("hybrid search", collection, "hybrid_search", args, common)
         else:
             req = requests[0]
             search = {
                 "data": req.data, "anns_field": req.anns_field, "search_params": req.param, "filter": expr
             }
-            result = yield Call(f"{q.mode} search", collection, "search", (collection,), {**search, **common})
+            call = Call(f"{q.mode} search", collection, "search", (collection,), {**search, **common})
+        result = yield from self._loaded_call(call)
         hits = [
             SearchHit(self._record({**hit["entity"], "id": hit["id"]}), float(hit["distance"]))
             for hit in result[0]
@@ -508,6 +416,7 @@ class MilvusStore(VectorStore):
         point = self.client.alter_alias if exists else self.client.create_alias
         verb = "move" if exists else "create"
         self._call(f"{verb} alias '{alias}'", collection, lambda: point(collection, alias))
+        self._loaded.discard(alias)  # the collection it names now may not be loaded
 
     def resolve_alias(self, alias: str) -> str | None:
         def describe() -> str | None:
@@ -517,25 +426,18 @@ class MilvusStore(VectorStore):
 
         return self._call(f"describe alias '{alias}'", None, describe)
 
-    def drop_alias(self, alias: str) -> None:
-        if self.resolve_alias(alias) is not None:
-            self._call(f"drop alias '{alias}'", None, lambda: self.client.drop_alias(alias))
-
-    async def aclose(self) -> None:
-        await self._async_clients.aclose()
-        self.close()
-
-    def close(self) -> None:
-        self._async_clients.close()
-        self.client.close()
+    def _drop_alias_call(self, alias: str) -> Call:
+        self._loaded.discard(alias)
+        return Call(f"drop alias '{alias}'", None, "drop_alias", (alias,))
 
 
 def _schema_fields(info: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {f["name"]: f for f in info["fields"]}
 
 
-def _needs_load(e: MilvusException) -> bool:
-    return "load" in str(e).lower()
+def _needs_load(e: BaseException | None) -> bool:
+    """Whether Milvus refused a read because the collection is not loaded."""
+    return isinstance(e, MilvusException) and "load" in str(e).lower()
 
 
 def _sparse_items(value: Any) -> Iterable[tuple[int, float]]:
@@ -547,29 +449,15 @@ def _sparse_items(value: Any) -> Iterable[tuple[int, float]]:
     return value
 
 
-def _requests(
-    dense: np.ndarray | None,
-    sparse: Mapping[int, float] | None,
-    mode: SearchMode,
-    candidates: int,
-    expr: str,
-) -> list[AnnSearchRequest]:
-    if mode not in ("dense", "sparse", "hybrid"):
-        raise ValueError(f"search mode must be dense, sparse or hybrid, got {mode!r}")
+def _requests(q: Query, candidates: int, expr: str) -> list[AnnSearchRequest]:
+    """One request per list a checked query searches."""
     requests = []
-    if mode in ("dense", "hybrid"):
-        if dense is None:
-            raise ValueError(f"{mode} search needs a dense query vector")
-        vector = np.asarray(dense, dtype=np.float32).tolist()
+    if q.mode in ("dense", "hybrid"):
+        vector = np.asarray(q.dense, dtype=np.float32).tolist()
         requests.append(AnnSearchRequest([vector], "dense", {"metric_type": "IP"}, candidates, expr or None))
-    if mode in ("sparse", "hybrid"):
-        if sparse is None:
-            raise ValueError(f"{mode} search needs a sparse query vector")
-        if sparse:  # nothing can match an empty lexical query
-            query = {int(i): float(w) for i, w in sparse.items()}
-            requests.append(
-                AnnSearchRequest([query], "sparse", {"metric_type": "IP"}, candidates, expr or None)
-            )
+    if q.mode in ("sparse", "hybrid") and q.sparse:  # nothing can match an empty lexical query
+        query = {int(i): float(w) for i, w in q.sparse.items()}
+        requests.append(AnnSearchRequest([query], "sparse", {"metric_type": "IP"}, candidates, expr or None))
     return requests
 
 

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .base import StoreError
+
+if TYPE_CHECKING:  # tenacity is imported by the first call, not with the package
+    from tenacity import AsyncRetrying, Retrying
 
 T = TypeVar("T")
 
@@ -43,6 +38,8 @@ def is_transient_builtin(exc: BaseException) -> bool:
 
 
 def _retry_args(is_transient: Callable[[BaseException], bool], policy: RetryPolicy) -> dict[str, Any]:
+    from tenacity import retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
     return {
         "stop": stop_after_attempt(max(1, policy.attempts)),
         "wait": wait_exponential_jitter(initial=policy.initial_wait, max=policy.max_wait),
@@ -52,18 +49,18 @@ def _retry_args(is_transient: Callable[[BaseException], bool], policy: RetryPoli
 
 
 def _store_error(
-    e: Exception, retrying: Retrying | AsyncRetrying, backend: str, operation: str, collection: str | None
+    e: Exception, retrying: Retrying | AsyncRetrying, store: str, operation: str, collection: str | None
 ) -> StoreError:
     attempts = retrying.statistics.get("attempt_number", 1)
     where = f" on collection '{collection}'" if collection else ""
     tries = f" after {attempts} attempts" if attempts > 1 else ""
-    return StoreError(f"{backend}: {operation}{where} failed{tries}: {e}")
+    return StoreError(f"{store}: {operation}{where} failed{tries}: {e}")
 
 
 def call(
     fn: Callable[[], T],
     *,
-    backend: str,
+    store: str,
     operation: str,
     collection: str | None,
     is_transient: Callable[[BaseException], bool],
@@ -71,31 +68,36 @@ def call(
 ) -> T:
     """Run ``fn``; retry it while it fails transiently, then raise ``StoreError`` naming the call.
 
-    A ``StoreError`` raised by ``fn`` itself passes through unchanged.
+    ``store`` is how the message names the store (``"milvus at http://host:19530"``). A
+    ``StoreError`` raised by ``fn`` itself passes through unchanged.
     """
+    from tenacity import Retrying
+
     retrying = Retrying(**_retry_args(is_transient, policy))
     try:
         return retrying(fn)
     except StoreError:
         raise
     except Exception as e:
-        raise _store_error(e, retrying, backend, operation, collection) from e
+        raise _store_error(e, retrying, store, operation, collection) from e
 
 
 async def acall(
     fn: Callable[[], Awaitable[T]],
     *,
-    backend: str,
+    store: str,
     operation: str,
     collection: str | None,
     is_transient: Callable[[BaseException], bool],
     policy: RetryPolicy,
 ) -> T:
     """``call`` for coroutines: ``fn()`` is awaited, and the waits between tries do not block the loop."""
+    from tenacity import AsyncRetrying
+
     retrying = AsyncRetrying(**_retry_args(is_transient, policy))
     try:
         return await retrying(fn)
     except StoreError:
         raise
     except Exception as e:
-        raise _store_error(e, retrying, backend, operation, collection) from e
+        raise _store_error(e, retrying, store, operation, collection) from e

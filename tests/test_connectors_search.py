@@ -300,7 +300,7 @@ def test_milvus_async_reads_never_touch_the_sync_client(engines, corpus, monkeyp
 def test_async_errors_name_the_operation_and_collection(engines):
     q = _query(np.random.default_rng(15))
     for name, store in engines.items():
-        with pytest.raises(StoreError, match=f"{name}: .*search.* collection 'nowhere'"):
+        with pytest.raises(StoreError, match=f"^{name} at {store.uri}: .*search.* collection 'nowhere'"):
             asyncio.run(store.asearch("nowhere", dense=q[0], sparse=q[1], k=3))
 
 
