@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         VectorStore,
     )
     from .filters import FilterError
+    from .logs import quiet_client_logs
 
 #: Public names defined in submodules, imported on first use.
 _LAZY = {
@@ -42,6 +43,7 @@ _LAZY = {
     "StoreNotFoundError": "base",
     "VectorStore": "base",
     "FilterError": "filters",
+    "quiet_client_logs": "logs",
 }
 
 __all__ = sorted(

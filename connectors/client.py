@@ -5,8 +5,10 @@ aliases and closing."""
 from __future__ import annotations
 
 import asyncio
+import os
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from . import retry
@@ -21,6 +23,7 @@ from .base import (
 )
 from .batching import batches_by_bytes
 from .calls import Call, Plan, arun, run
+from .holders import holders
 from .location import parse_location
 from .loops import PerLoop
 
@@ -167,6 +170,21 @@ class ClientStore(VectorStore, Generic[C, A]):
     def _fail(self, message: str, kind: type[StoreError] = StoreError) -> StoreError:
         """An error of this store: the message after the store's label."""
         return kind(f"{self.label}: {message}")
+
+    def _in_use(self, lock: Path) -> StoreError:
+        """The error for an embedded store that is open elsewhere, naming who holds it if known."""
+        held = holders(lock)
+        others = {pid: command for pid, command in held.items() if pid != os.getpid()}
+        if not others and os.getpid() in held:
+            return self._fail(
+                f"the {self.embedded_name} is already open in this process; close that store first, "
+                "or use it instead of opening a second one"
+            )
+        who = "; ".join(f"pid {pid} ({command})" for pid, command in others.items())
+        return self._fail(
+            f"the {self.embedded_name} is in use by another process{f' ({who})' if who else ''}; "
+            "an embedded store opens in one process at a time: stop that process, or use a server"
+        )
 
     def _call(self, operation: str, collection: str | None, fn: Callable[[], T]) -> T:
         return retry.call(

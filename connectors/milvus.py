@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,13 +20,15 @@ from pymilvus import (
     WeightedRanker,
 )
 from pymilvus.client.types import LoadState
-from pymilvus.exceptions import MilvusException, MilvusUnavailableException
+from pymilvus.exceptions import ConnectionConfigException, MilvusException, MilvusUnavailableException
 
-from . import retry
+from . import logs, retry
 from .base import ChunkRecord, Fusion, Query, SearchHit, StoreError
 from .calls import Call, Plan, run
 from .client import ClientStore
 from .filters import milvus_string, to_milvus
+
+logs.apply()  # importing pymilvus set its loggers up again
 
 #: Milvus' largest VARCHAR, in bytes. Longer text continues in ``text_more`` (see docs/connectors.md).
 VARCHAR_MAX = 65535
@@ -93,6 +98,37 @@ def max_sim(query: np.ndarray, doc: np.ndarray) -> float:
     return float((np.asarray(query, np.float32) @ np.asarray(doc, np.float32).T).max(axis=1).sum())
 
 
+class _OpenFailures(logging.Filter):
+    """Milvus Lite's own report (a logged traceback) of a file it could not open, caught while a
+    store opens one: the store raises an error that says why instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    @contextmanager
+    def catching(self) -> Iterator[list[BaseException]]:
+        """The exceptions Milvus Lite reports in this thread meanwhile (and does not print)."""
+        caught: list[BaseException] = []
+        self._local.caught = caught
+        try:
+            yield caught
+        finally:
+            self._local.caught = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        caught = getattr(self._local, "caught", None)
+        if caught is None:
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            caught.append(record.exc_info[1])
+        return False
+
+
+_OPEN_FAILURES = _OpenFailures()
+logging.getLogger("milvus_lite.server_manager").addFilter(_OPEN_FAILURES)
+
+
 class MilvusStore(ClientStore[MilvusClient, AsyncMilvusClient]):
     """Chunks in Milvus collections: a Milvus Lite file path (``./m3ingest.db``) or a server URI
     (``http(s)://host:19530``), with ``token`` or ``user`` / ``password`` for a server that asks.
@@ -140,9 +176,21 @@ class MilvusStore(ClientStore[MilvusClient, AsyncMilvusClient]):
         return {"uri": str(path) if path else self.uri, "timeout": self.timeout, **self._credentials}
 
     def _connect(self) -> MilvusClient:
-        if self.location.path is not None:
-            self.location.path.parent.mkdir(parents=True, exist_ok=True)
-        return MilvusClient(**self._client_kwargs())
+        path = self.location.path
+        if path is None:
+            return MilvusClient(**self._client_kwargs())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _OPEN_FAILURES.catching() as caught:
+            try:
+                return MilvusClient(**self._client_kwargs())
+            except ConnectionConfigException:
+                if not caught:
+                    raise
+        from milvus_lite.exceptions import DataDirLockedError
+
+        if any(isinstance(e, DataDirLockedError) for e in caught):
+            raise self._in_use(path / "LOCK")
+        raise self._fail(f"Milvus Lite could not open the file: {caught[-1]}") from caught[-1]
 
     async def _open_async(self) -> AsyncMilvusClient:
         # dedicated: a connection of this loop's own, never one pymilvus kept for an earlier loop

@@ -60,7 +60,12 @@ class QdrantStore(ClientStore[QdrantClient, AsyncQdrantClient]):
         return {"path": str(self.location.path)}
 
     def _connect(self) -> QdrantClient:
-        return QdrantClient(**self._client_kwargs())
+        try:
+            return QdrantClient(**self._client_kwargs())
+        except RuntimeError as e:
+            if self.location.path is None or "already accessed" not in str(e):
+                raise
+            raise self._in_use(self.location.path / ".lock") from e
 
     async def _open_async(self) -> AsyncQdrantClient:
         assert self._async_kwargs is not None

@@ -1,11 +1,50 @@
-"""Embedded engines as a user meets them: a Milvus Lite file opened again reads without noise."""
+"""Embedded engines as a user meets them: a file another process holds, and a terminal kept quiet."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from m3ingest.connectors import StoreError, open_store
+
+pytestmark = pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+
+HOLD = {
+    "milvus": "from pymilvus import MilvusClient; client = MilvusClient(uri=sys.argv[1])",
+    "qdrant": "from qdrant_client import QdrantClient; client = QdrantClient(path=sys.argv[1])",
+}
+NAMES = {"milvus": "Milvus Lite file", "qdrant": "Qdrant local folder"}
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_a_store_another_process_holds_is_named_with_that_process(tmp_path, capfd, backend):
+    uri = str(tmp_path / "held.db")
+    code = f"import sys, time\n{HOLD[backend]}\nprint('ready', flush=True)\ntime.sleep(300)\n"
+    holder = subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        capfd.readouterr()
+        with pytest.raises(StoreError) as e:
+            open_store(backend, uri)
+        message = str(e.value)
+        assert message.startswith(f"{backend} at {uri}: the {NAMES[backend]} is in use by another process")
+        assert re.search(rf"\(pid {holder.pid} \({re.escape(sys.executable)} -c import sys, time", message), message
+        assert "stop that process, or use a server" in message
+        assert capfd.readouterr().err == ""  # Milvus Lite's own traceback is not printed
+    finally:
+        holder.kill()
+        holder.wait()
+    with open_store(backend, uri) as s:  # free again
+        assert s.list_collections() == []
+
+
+def test_a_qdrant_folder_open_twice_in_one_process_says_so(tmp_path):
+    with open_store("qdrant", str(tmp_path / "q")):
+        with pytest.raises(StoreError, match=rf"^qdrant at {tmp_path}/q: the Qdrant local folder is already open in this process"):
+            open_store("qdrant", str(tmp_path / "q"))
 
 
 def _python(code: str, cwd) -> subprocess.CompletedProcess:
@@ -81,3 +120,17 @@ def test_a_collection_is_checked_loaded_once(written_file):
         print(calls.count("get_load_state"), calls.count("load_collection"))
     """, written_file)
     assert done.stdout.split() == ["1", "1"], done.stderr
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_quiet_client_logs_keeps_pymilvus_off_stderr(written_file, verbose):
+    done = _python(f"""
+        from m3ingest.connectors import open_store, quiet_client_logs
+
+        quiet_client_logs(verbose={verbose})  # before pymilvus is imported, as the CLI calls it
+        s = open_store("milvus", "m.db")
+        print(sorted(s.ids_by_source("c")["a.md"]) != [])
+    """, written_file)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    # Milvus Lite returns no MVCC timestamp, so pymilvus' query iterator warns on every listing.
+    assert ("mvccTs" in done.stderr) == verbose, done.stderr
