@@ -48,8 +48,18 @@ def _assert_same(a, b, atol: float = 1e-5) -> None:
         np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def encoders(encoder) -> dict[str, M3Encoder]:
+    """The default (auto) encoder and one per batch-shape setting."""
+    shapes = ("grid", "buckets", "exact")
+    others = {s: M3Encoder(TINY, device="cpu", dtype="float32", shapes=s) for s in shapes}
+    return {"auto": encoder, **others}
+
+
+@pytest.mark.parametrize("shapes", ["auto", "grid", "buckets", "exact"])
 @pytest.mark.parametrize("max_length", [8192, 16])
-def test_outputs_equal_flagembedding_reference(encoder, texts, max_length):
+def test_outputs_equal_flagembedding_reference(encoders, texts, max_length, shapes):
+    encoder = encoders[shapes]
     dense, sparse, colbert = _reference(max_length)
     out = encoder.encode(texts, dense=True, sparse=True, colbert=True, max_length=max_length)
 

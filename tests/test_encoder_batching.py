@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from m3ingest.encoder.batching import BatchTooLargeError, plan_batches, run_with_backoff
+from m3ingest.encoder.batching import BatchTooLargeError, plan_batches, run_with_backoff, split_on_oom
 from m3ingest.encoder.workqueue import run_queue
 
 
@@ -121,3 +121,39 @@ def test_queue_raises_a_worker_error():
 
     with pytest.raises(RuntimeError, match="device failed"):
         run_queue([1, 2, 3], [bad, bad])
+
+
+def test_queue_keeps_one_item_in_flight_while_finishing_the_last():
+    events: list[str] = []
+
+    def worker(item):
+        events.append(f"start {item}")
+
+        def finish():
+            events.append(f"finish {item}")
+            return item * 2
+
+        return finish
+
+    done = []
+    assert run_queue([1, 2, 3], [worker], on_done=done.append, in_flight=1) == [2, 4, 6]
+    assert events == ["start 1", "start 2", "finish 1", "start 3", "finish 2", "finish 3"]
+    assert done == [1, 2, 3]
+
+
+def test_queue_with_items_in_flight_spreads_over_workers_and_raises_errors():
+    def worker(item):
+        if item == 7:
+            raise RuntimeError("device failed on 7")
+        return lambda: item
+
+    assert run_queue(list(range(6)), [worker, worker], in_flight=1) == list(range(6))
+    with pytest.raises(RuntimeError, match="device failed on 7"):
+        run_queue(list(range(10)), [worker, worker], in_flight=1)
+
+
+def test_split_on_oom_returns_each_part_with_its_result():
+    device = _FakeDevice(capacity=3)
+    parts = split_on_oom(list(range(7)), lambda items: sum(device(items)))
+    # 7 fails; [0, 1, 2] fits; [3, 4, 5, 6] fails and splits in two.
+    assert parts == [([0, 1, 2], 30), ([3, 4], 70), ([5, 6], 110)]

@@ -8,9 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn.modules.module import register_module_forward_hook
+from transformers import XLMRobertaModel
 
 from m3ingest.encoder import M3Encoder
-from m3ingest.encoder.precision import cpu_has_native_bf16, resolve_devices, resolve_dtype
+from m3ingest.encoder.precision import (
+    cpu_has_native_bf16,
+    overflow_fallback_dtype,
+    resolve_devices,
+    resolve_dtype,
+)
 from m3ingest.encoder.random_checkpoint import build_random_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -73,3 +80,45 @@ def test_bf16_keeps_results_on_a_wider_random_checkpoint(tmp_path):
     texts = json.loads((FIXTURES / "tiny-m3-texts.json").read_text())
     ckpt = build_random_checkpoint(tmp_path / "m3-256", TINY, layers=2, hidden=256, heads=4)
     _assert_bf16_keeps_fp32_results(ckpt, texts, tie=2e-2)
+
+
+def test_auto_dtype_on_cuda_is_float16_the_references_gpu_precision():
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert overflow_fallback_dtype(torch.device("cpu")) == torch.bfloat16
+
+
+def test_a_float16_batch_with_non_finite_outputs_is_computed_again(caplog):
+    texts = json.loads((FIXTURES / "tiny-m3-texts.json").read_text())
+    fp32 = M3Encoder(TINY, device="cpu", dtype="float32").encode(texts, colbert=True, max_length=512)
+    enc = M3Encoder(TINY, device="cpu", dtype="float16")
+    overflowed: list[int] = []
+
+    def overflow(module, args, output):
+        # Every float16 backbone pass of the first call overflows, as activations past 65504 do.
+        if isinstance(module, XLMRobertaModel) and module.dtype == torch.float16 and len(overflowed) < 100:
+            overflowed.append(output.last_hidden_state.shape[0])
+            output.last_hidden_state[0, 0, 0] = float("inf")
+        return output
+
+    handle = register_module_forward_hook(overflow)
+    try:
+        with caplog.at_level("WARNING", logger="m3ingest.encoder"):
+            first = enc.encode(texts, colbert=True, max_length=512)
+            passes = len(overflowed)
+            overflowed.extend([0] * 100)  # the second call runs in float16 untouched
+            second = enc.encode(texts, colbert=True, max_length=512)
+    finally:
+        handle.remove()
+
+    assert passes >= 2  # several batches, each recomputed
+    assert caplog.text.count("float16 overflow") == 1 and "bfloat16" in caplog.text
+    for out in (first, second):
+        assert np.isfinite(out.dense).all()
+        assert all(np.isfinite(list(s.values())).all() for s in out.sparse)
+        assert all(np.isfinite(c).all() for c in out.colbert)
+        assert (out.dense * fp32.dense).sum(axis=1).min() >= 0.999
+        for a, b in zip(out.sparse, fp32.sparse):
+            assert set(a) == set(b)
+            assert max((abs(a[k] - b[k]) for k in a), default=0.0) <= 2e-2 * max(b.values(), default=1.0)
+        for a, b in zip(out.colbert, fp32.colbert):
+            assert (a * b).sum(axis=1).min() >= 0.99

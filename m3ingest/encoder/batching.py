@@ -55,8 +55,24 @@ def run_with_backoff(
 
     Returns one result per item, in order. Below the floor it raises ``BatchTooLargeError``.
     """
+    parts = split_on_oom(items, run, min_items=min_items, describe=describe, after_oom=after_oom)
+    return [result for _, results in parts for result in results]
+
+
+def split_on_oom(
+    items: list[T],
+    run: Callable[[list[T]], R],
+    *,
+    min_items: int = 1,
+    describe: Callable[[list[T]], str] = lambda items: f"{len(items)} inputs",
+    after_oom: Callable[[], None] | None = None,
+) -> list[tuple[list[T], R]]:
+    """``[(items, run(items))]``, or on out-of-memory the same for each half, recursively.
+
+    Parts keep the order of ``items``. Below ``min_items`` it raises ``BatchTooLargeError``.
+    """
     try:
-        return run(items)
+        return [(items, run(items))]
     except torch.OutOfMemoryError as exc:
         if len(items) <= min_items:
             raise BatchTooLargeError(
@@ -68,4 +84,4 @@ def run_with_backoff(
         after_oom()
     half = len(items) // 2
     kwargs = {"min_items": min_items, "describe": describe, "after_oom": after_oom}
-    return run_with_backoff(items[:half], run, **kwargs) + run_with_backoff(items[half:], run, **kwargs)
+    return split_on_oom(items[:half], run, **kwargs) + split_on_oom(items[half:], run, **kwargs)

@@ -7,25 +7,29 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from m3ingest.encoder.batching import plan_batches, run_with_backoff
+from m3ingest.encoder.batching import split_on_oom
 from m3ingest.encoder.checkpoint import (
     COLBERT_HEAD,
     SPARSE_HEAD,
-    load_linear_head,
     missing_head_error,
     resolve_checkpoint,
 )
-from m3ingest.encoder.model import M3Model
-from m3ingest.encoder.precision import resolve_devices, resolve_dtype
+from m3ingest.encoder.model import M3Model, load_linear_head
+from m3ingest.encoder.precision import overflow_fallback_dtype, resolve_devices, resolve_dtype
+from m3ingest.encoder.replica import Pending, Replica, Row, Want
+from m3ingest.encoder.runners import EXECUTIONS, resolve_execution
+from m3ingest.encoder.shapes import BatchShapes, BucketShapes, ExactShapes
+from m3ingest.encoder.truncation import truncated_ids
 from m3ingest.encoder.workqueue import run_queue
 
 logger = logging.getLogger("m3ingest.encoder")
 
-_Row = tuple["np.ndarray | None", "dict[int, float] | None", "np.ndarray | None"]
+SHAPES = ("auto", "grid", "buckets", "exact")
 
 
 @dataclass
@@ -47,8 +51,14 @@ class M3Encoder:
 
     ``device``: None (CUDA if available, else CPU), a name ("cpu", "cuda:1") or a list of names
     that then share each call's batches through a work queue. ``dtype``: "auto", "float32",
-    "bfloat16" or "float16". ``batch_tokens``: padded tokens per forward pass. Safe to call from
-    several threads at once.
+    "bfloat16" or "float16". ``batch_tokens``: padded tokens per forward pass. ``revision``: the
+    hub branch, tag or commit of a hub id. ``warmup``: on CUDA, run every batch shape once now
+    (True), or those for inputs of up to that many tokens (an int), so that first uses and graph
+    captures happen at load. ``shapes``: "grid" pads batches to a fixed grid of (rows, length)
+    shapes, "buckets" pads each input to its length bucket only, "exact" pads batches to their
+    longest input; "auto" is grid on CUDA, buckets on CPU (``shapes`` module). ``execution``:
+    "eager", "graphs" (CUDA graphs per shape), "compile" (``torch.compile``), "compile+graphs";
+    "auto" is graphs on CUDA, eager on CPU. Safe to call from several threads at once.
     """
 
     def __init__(
@@ -57,13 +67,23 @@ class M3Encoder:
         device: str | Sequence[str] | None = None,
         dtype: str | torch.dtype = "auto",
         batch_tokens: int = 16384,
+        *,
+        revision: str | None = None,
+        warmup: bool | int = False,
+        shapes: str = "auto",
+        execution: str = "auto",
     ) -> None:
         from transformers import AutoTokenizer
 
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+        if shapes not in SHAPES:
+            raise ValueError(f"unknown shapes {shapes!r}; use one of {', '.join(SHAPES)}")
+        if execution not in EXECUTIONS:
+            raise ValueError(f"unknown execution {execution!r}; use one of {', '.join(EXECUTIONS)}")
         self.model_name = str(model)
-        self.path = resolve_checkpoint(model)
+        self.revision = revision
+        self.path = resolve_checkpoint(model, revision)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.batch_tokens = batch_tokens
         self._tokenizer_lock = threading.Lock()
@@ -74,34 +94,74 @@ class M3Encoder:
         ignored = sorted({t for t in specials if t is not None})
         self.devices = resolve_devices(device)
         self.device = self.devices[0]
-        replicas: dict[torch.device, M3Model] = {}
-        for dev in self.devices:
-            if dev not in replicas:
-                replicas[dev] = M3Model(
-                    self.path, colbert_state, sparse_state, ignored, dev, resolve_dtype(dtype, dev)
-                )
-        self._replicas = replicas
-        first = replicas[self.device]
-        self.dtype: torch.dtype = first.backbone.dtype
+
+        def load(dev: torch.device, dt: torch.dtype) -> M3Model:
+            return M3Model(self.path, colbert_state, sparse_state, ignored, dev, dt)
+
+        models = {dev: load(dev, resolve_dtype(dtype, dev)) for dev in dict.fromkeys(self.devices)}
+        first = models[self.device]
+        self.dtype: torch.dtype = first.dtype
         self.config = first.backbone.config  # the backbone's transformers config
-        self.dim: int = int(first.backbone.config.hidden_size)
+        self.dim: int = int(self.config.hidden_size)
         self.colbert_dim: int | None = (
             first.colbert_head.out_features if first.colbert_head is not None else None
         )
-        self.max_length: int = int(first.backbone.config.max_position_embeddings) - first.pad_id - 1
+        self.max_length: int = int(self.config.max_position_embeddings) - first.pad_id - 1
         self._has = {"sparse": sparse_state is not None, "colbert": colbert_state is not None}
-        self._pad_id = first.pad_id
-        for dev, replica in replicas.items():
-            logger.info("M3 encoder %s on %s in %s", self.model_name, dev, replica.backbone.dtype)
+        if shapes == "auto":
+            shapes = "grid" if any(d.type == "cuda" for d in self.devices) else "buckets"
+        self._shapes: BatchShapes = (
+            ExactShapes()
+            if shapes == "exact"
+            else BucketShapes(self.max_length, pad_rows=shapes == "grid")
+        )
+        capacity = (max(batch_tokens, self.max_length), max(1, batch_tokens // 16))
+        self._replicas: dict[torch.device, Replica] = {}
+        for dev, m in models.items():
+            fallback = None
+            if m.dtype == torch.float16:
+                fallback = lambda dev=dev: load(dev, overflow_fallback_dtype(dev))  # noqa: E731
+            run = resolve_execution(execution, dev)
+            self._replicas[dev] = Replica(m, self._shapes, run, capacity, fallback)
+            logger.info("M3 encoder %s on %s in %s (%s)", self.model_name, dev, m.dtype, run)
+        if warmup:
+            self.warmup(None if warmup is True else int(warmup))
+
+    @classmethod
+    def from_config(cls, model_config: Any) -> M3Encoder:
+        """The encoder a model configuration describes: its ``name``, ``revision``, ``device``,
+        ``dtype`` and ``batch_tokens`` (the ``[model]`` section, ``m3ingest.config.ModelConfig``)."""
+        c = model_config
+        return cls(
+            c.name, device=c.device, dtype=c.dtype, batch_tokens=c.batch_tokens, revision=c.revision
+        )
+
+    def warmup(self, up_to: int | None = None) -> None:
+        """On CUDA, run each batch shape for inputs of up to ``up_to`` tokens (default: the
+        model's maximum) once, so that no first use (or CUDA graph capture) happens mid-run."""
+        if not isinstance(self._shapes, BucketShapes) or not self._shapes.pad_rows:
+            return
+        grid = self._shapes.grid(self.batch_tokens, up_to)
+        for replica in self._replicas.values():
+            if replica.device.type == "cuda":
+                replica.warm(grid, unmasked_up_to=grid[-1][1])
 
     def tokenize(self, texts: Sequence[str], max_length: int = 8192) -> list[list[int]]:
-        """Token ids of each text with ``<s>`` and ``</s>``, truncated to ``max_length`` ids."""
+        """Token ids of each text with ``<s>`` and ``</s>``, truncated to ``max_length`` ids.
+
+        Only as much of a long text as truncation keeps is tokenized (see ``truncation``); the
+        ids are those of the whole text, truncated.
+        """
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string; wrap it in a list")
         if not texts:
             return []
-        with self._tokenizer_lock:  # a fast tokenizer's truncation setting is shared state
-            return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+        def tokenize(batch: list[str]) -> list[list[int]]:
+            with self._tokenizer_lock:  # a fast tokenizer's truncation setting is shared state
+                return self.tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
+
+        return truncated_ids(list(texts), max_length, tokenize)
 
     def token_strings(self, sparse: dict[int, float]) -> dict[str, float]:
         """A sparse vector keyed by readable token strings (the larger weight where two coincide)."""
@@ -150,9 +210,10 @@ class M3Encoder:
             raise ValueError(
                 f"an input has {max(lengths)} token ids; the model takes at most {self.max_length}"
             )
-        batches = plan_batches(lengths, batch_tokens or self.batch_tokens)
-        want = {"dense": dense, "sparse": sparse, "colbert": colbert}
-        workers = [self._worker(dev, token_ids, want) for dev in self.devices]
+        budget = batch_tokens or self.batch_tokens
+        batches = self._shapes.plan(lengths, budget)
+        want = Want(dense=dense, sparse=sparse, colbert=colbert)
+        workers = [self._worker(self._replicas[dev], token_ids, want, budget) for dev in self.devices]
         progress = None
         if show_progress:
             from tqdm.auto import tqdm
@@ -160,12 +221,15 @@ class M3Encoder:
             progress = tqdm(total=len(lengths), desc="Encoding", unit="text")
         try:
             rows_per_batch = run_queue(
-                batches, workers, on_done=(lambda b: progress.update(len(b))) if progress else None
+                batches,
+                workers,
+                on_done=(lambda b: progress.update(len(b))) if progress else None,
+                in_flight=1,
             )
         finally:
             if progress is not None:
                 progress.close()
-        rows: list[_Row] = [None] * len(lengths)  # type: ignore[list-item]
+        rows: list[Row] = [None] * len(lengths)  # type: ignore[list-item]
         for batch, batch_rows in zip(batches, rows_per_batch):
             for index, row in zip(batch, batch_rows):
                 rows[index] = row
@@ -186,10 +250,11 @@ class M3Encoder:
             raise missing_head_error(self.path, COLBERT_HEAD, "colbert")
 
     def _worker(
-        self, device: torch.device, token_ids: Sequence[Sequence[int]], want: dict[str, bool]
-    ) -> Callable[[list[int]], list[_Row]]:
-        """A function encoding one planned batch (indices into ``token_ids``) on ``device``."""
-        replica = self._replicas[device]
+        self, replica: Replica, token_ids: Sequence[Sequence[int]], want: Want, batch_tokens: int
+    ) -> Callable[[list[int]], Callable[[], list[Row]]]:
+        """A function that submits one planned batch (indices into ``token_ids``) to ``replica``
+        and returns the function that waits for its rows."""
+        device = replica.device
 
         def describe(seqs: list[Sequence[int]]) -> str:
             return f"{len(seqs)} input(s) of up to {max(len(s) for s in seqs)} tokens on {device}"
@@ -199,48 +264,13 @@ class M3Encoder:
                 with torch.cuda.device(device):
                     torch.cuda.empty_cache()
 
-        def work(batch: list[int]) -> list[_Row]:
-            seqs = [token_ids[i] for i in batch]
-            return run_with_backoff(
-                seqs,
-                lambda part: self._forward(replica, device, part, want),
+        def submit(batch: list[int]) -> Callable[[], list[Row]]:
+            parts: list[tuple[list[Sequence[int]], Pending]] = split_on_oom(
+                [token_ids[i] for i in batch],
+                lambda seqs: replica.submit(seqs, want, batch_tokens),
                 describe=describe,
                 after_oom=after_oom,
             )
+            return lambda: [row for _, pending in parts for row in replica.finish(pending)]
 
-        return work
-
-    def _forward(
-        self,
-        replica: M3Model,
-        device: torch.device,
-        seqs: list[Sequence[int]],
-        want: dict[str, bool],
-    ) -> list[_Row]:
-        lengths = [len(s) for s in seqs]
-        width = max(lengths)
-        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
-        out = replica(ids.to(device), mask.to(device), **want)
-
-        n = len(seqs)
-        dense_rows: list[np.ndarray | None] = [None] * n
-        sparse_rows: list[dict[int, float] | None] = [None] * n
-        colbert_rows: list[np.ndarray | None] = [None] * n
-        if out.dense is not None:
-            dense_rows = list(out.dense.cpu().numpy())
-        if out.sparse_rows is not None:
-            owner = out.sparse_rows.cpu().numpy()
-            token = out.sparse_ids.cpu().tolist()
-            weight = out.sparse_weights.cpu().tolist()
-            bounds = np.searchsorted(owner, np.arange(n + 1))
-            sparse_rows = [
-                dict(zip(token[bounds[r] : bounds[r + 1]], weight[bounds[r] : bounds[r + 1]]))
-                for r in range(n)
-            ]
-        if out.colbert is not None:
-            flat = out.colbert.cpu().numpy()
-            colbert_rows = np.split(flat, np.cumsum([k - 1 for k in lengths])[:-1])
-        return list(zip(dense_rows, sparse_rows, colbert_rows))
+        return submit

@@ -10,25 +10,40 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
+from m3ingest.encoder.checkpoint import CheckpointError
+
 # transformers 5 passes a 4-D attention mask through to SDPA unchanged.
 _TAKES_4D_BIAS = int(transformers.__version__.split(".")[0]) >= 5
 
 
+def load_linear_head(directory: Path, filename: str) -> dict[str, torch.Tensor] | None:
+    """The state dict of a head file (tensors only, no arbitrary unpickling); None if absent."""
+    path = directory / filename
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load head file {path}: {exc}") from exc
+    if not isinstance(state, dict) or "weight" not in state:
+        raise CheckpointError(f"head file {path} is not a Linear state dict (no 'weight' tensor)")
+    return state
+
+
 @dataclass
 class DeviceOutputs:
-    """One batch's requested outputs, still on the device, in compact form.
+    """One batch's requested outputs for its first ``n`` (real) rows, still on the device.
 
-    ``dense``: (batch, dim) normalised CLS vectors. ``sparse_rows``/``sparse_ids``/
-    ``sparse_weights``: one entry per (row, token id) with its max weight > 0, sorted by row.
-    ``colbert``: (sum of (length - 1), colbert_dim) normalised vectors of every token after CLS,
-    rows of the batch one after another.
+    ``dense``: (n, dim) normalised CLS vectors. ``sparse``: (n, length) ReLU weights, zero at
+    special tokens and padding. ``colbert``: (sum of (length - 1), colbert_dim) normalised vectors
+    of every token after CLS, rows one after another. ``finite``: a boolean scalar, False when any
+    returned value is inf or NaN (only computed when asked).
     """
 
     dense: torch.Tensor | None = None
-    sparse_rows: torch.Tensor | None = None
-    sparse_ids: torch.Tensor | None = None
-    sparse_weights: torch.Tensor | None = None
+    sparse: torch.Tensor | None = None
     colbert: torch.Tensor | None = None
+    finite: torch.Tensor | None = None
 
 
 def _linear_from_state(state: dict[str, torch.Tensor]) -> nn.Linear:
@@ -39,7 +54,8 @@ def _linear_from_state(state: dict[str, torch.Tensor]) -> nn.Linear:
 
 
 class M3Model(nn.Module):
-    """Backbone + heads in eval mode; ``forward`` computes only what is asked, in one pass."""
+    """Backbone + heads in eval mode; the backbone's fixed-shape pass and the heads run apart
+    (callers run both under ``torch.inference_mode``)."""
 
     def __init__(
         self,
@@ -64,54 +80,54 @@ class M3Model(nn.Module):
         )
         self.register_buffer("ignored_ids", torch.tensor(ignored_ids, device=device))
         self.pad_id = int(backbone.config.pad_token_id)
+        self.device = device
+        self.dtype = dtype
         self.eval()
 
-    @torch.inference_mode()
-    def forward(  # type: ignore[override]
+    def hidden(self, input_ids: torch.Tensor, lengths: torch.Tensor, masked: bool) -> torch.Tensor:
+        """The last hidden state of a right-padded (rows, length) batch; ``lengths``: (rows,).
+
+        ``masked`` False means no row is padded. The pass has no host synchronisation and no
+        data-dependent shapes, so it can be captured in a CUDA graph or compiled per shape.
+        """
+        bias = self._attention_bias(lengths, input_ids.shape[1]) if masked else None
+        return self.backbone(input_ids=input_ids, attention_mask=bias).last_hidden_state
+
+    def heads(
         self,
+        hidden: torch.Tensor,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        n: int,
+        colbert_index: torch.Tensor | None,
         *,
-        dense: bool = True,
-        sparse: bool = True,
-        colbert: bool = False,
+        dense: bool,
+        sparse: bool,
+        check_finite: bool = False,
     ) -> DeviceOutputs:
-        """The asked outputs for a right-padded batch."""
-        hidden = self.backbone(
-            input_ids=input_ids, attention_mask=self._attention_bias(attention_mask)
-        ).last_hidden_state
+        """The asked outputs of the first ``n`` rows; ColBERT rows are ``colbert_index``'s
+        positions in the flattened (rows x length) batch, None when not asked."""
         out = DeviceOutputs()
         if dense:
-            out.dense = F.normalize(hidden[:, 0].float(), dim=-1)
+            out.dense = F.normalize(hidden[:n, 0].float(), dim=-1)
         if sparse:
-            out.sparse_rows, out.sparse_ids, out.sparse_weights = self._sparse(hidden, input_ids)
-        if colbert:
-            vectors = self.colbert_head(hidden[:, 1:][attention_mask[:, 1:].bool()].float())
-            out.colbert = F.normalize(vectors, dim=-1)
+            weights = torch.relu(self.sparse_head(hidden[:n].float())).squeeze(-1)
+            # Padding carries the pad id, so this also clears the padded positions.
+            out.sparse = weights.masked_fill(torch.isin(input_ids[:n], self.ignored_ids), 0.0)
+        if colbert_index is not None:
+            tokens = hidden.reshape(-1, hidden.shape[-1]).index_select(0, colbert_index)
+            out.colbert = F.normalize(self.colbert_head(tokens.float()), dim=-1)
+        if check_finite:
+            parts = [t for t in (out.dense, out.sparse, out.colbert) if t is not None]
+            out.finite = torch.stack([torch.isfinite(t).all() for t in parts]).all()
         return out
 
-    def _attention_bias(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
-        # No mask when nothing is padded lets SDPA pick its fastest kernel. Otherwise a
-        # (batch, 1, 1, length) additive bias, which SDPA broadcasts, instead of the
-        # (batch, 1, length, length) mask transformers would expand a 2-D mask into.
-        if bool(attention_mask.all()):
-            return None
+    def _attention_bias(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        # A (rows, 1, 1, length) additive bias, which SDPA broadcasts, instead of the
+        # (rows, 1, length, length) mask transformers would expand a 2-D mask into.
+        keep = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
         if not _TAKES_4D_BIAS:
-            return attention_mask
+            return keep.long()
         dtype = self.backbone.dtype
-        bias = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
-        bias.masked_fill_(attention_mask == 0, torch.finfo(dtype).min)
+        bias = torch.zeros(keep.shape, dtype=dtype, device=lengths.device)
+        bias.masked_fill_(~keep, torch.finfo(dtype).min)
         return bias[:, None, None, :]
-
-    def _sparse(
-        self, hidden: torch.Tensor, input_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        weights = torch.relu(self.sparse_head(hidden.float())).squeeze(-1)
-        # Padding carries the pad id, so this also clears the padded positions.
-        weights = weights.masked_fill(torch.isin(input_ids, self.ignored_ids), 0.0)
-        # Max per token id over a (batch, distinct ids) buffer; the zero start drops weights <= 0.
-        unique_ids, column = torch.unique(input_ids, return_inverse=True)
-        table = weights.new_zeros(input_ids.shape[0], unique_ids.numel())
-        table.scatter_reduce_(1, column, weights, reduce="amax", include_self=True)
-        rows, cols = (table > 0).nonzero(as_tuple=True)
-        return rows, unique_ids[cols], table[rows, cols]

@@ -46,14 +46,14 @@ def cpu_has_native_bf16() -> bool:
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """The torch dtype for ``dtype`` ("auto", "float32", "bfloat16", "float16") on ``device``.
 
-    "auto" is bf16 (fp16 where bf16 is unsupported) on CUDA, bf16 on CPUs with native bf16, and
-    fp32 elsewhere.
+    "auto" is fp16 on CUDA (the reference implementation's GPU precision, and much closer to
+    fp32 than bf16), bf16 on CPUs with native bf16, and fp32 elsewhere.
     """
     if isinstance(dtype, torch.dtype):
         chosen = dtype
     elif dtype == "auto":
         if device.type == "cuda":
-            chosen = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            chosen = torch.float16
         elif device.type == "cpu" and cpu_has_native_bf16():
             chosen = torch.bfloat16
         else:
@@ -65,3 +65,11 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if chosen not in DTYPES.values():
         raise ValueError(f"unsupported dtype {chosen}; use float32, bfloat16 or float16")
     return chosen
+
+
+def overflow_fallback_dtype(device: torch.device) -> torch.dtype:
+    """The dtype a float16 batch with non-finite outputs is computed again in: fp16's speed class
+    with fp32's range (bf16) where the device supports it, else fp32."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float32
+    return torch.bfloat16
