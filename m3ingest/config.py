@@ -1,8 +1,9 @@
-"""Configuration: one TOML file serves the ingest job and the apps that search its collections.
+"""Configuration: one schema serves the ingest job, the CLI and the apps that search its collections.
 
-Precedence, lowest first: defaults, the TOML file, ``M3INGEST_<SECTION>__<KEY>`` environment
-variables, explicit overrides (CLI options, keyword arguments). ``${VAR}`` anywhere in a string
-value of the file is replaced by that environment variable, so secrets stay out of the file.
+Sources, lowest precedence first: the defaults below, a TOML file, ``M3INGEST_<SECTION>__<KEY>``
+environment variables, then overrides (CLI options and keyword arguments, named by ``OPTIONS`` or
+given by section). ``${VAR}`` anywhere in a string of the file is replaced by that environment
+variable, so secrets stay out of the file; every secret setting is masked in all output.
 """
 
 from __future__ import annotations
@@ -10,23 +11,74 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from m3ingest.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+__all__ = [
+    "ENV_PREFIX",
+    "OPTIONS",
+    "ChunkingConfig",
+    "Config",
+    "ConfigError",
+    "ExecutorConfig",
+    "ModelConfig",
+    "RecordsConfig",
+    "SearchConfig",
+    "SourcesConfig",
+    "StoreConfig",
+    "load_config",
+    "resolve_config",
+    "secret",
+]
+
 ENV_PREFIX = "M3INGEST_"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Collection names both engines accept (Milvus is the stricter), leaving room for ``__v<N>``.
+_COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
+MIB = 2**20
 
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the file, the setting or the variable."""
+#: Flat names (CLI options and keyword arguments of the library functions) -> the setting each sets.
+OPTIONS: dict[str, str] = {
+    "backend": "store.backend",
+    "uri": "store.uri",
+    "collection": "store.collection",
+    "colbert": "store.colbert",
+    "model": "model.name",
+    "revision": "model.revision",
+    "device": "model.device",
+    "dtype": "model.dtype",
+    "batch_tokens": "model.batch_tokens",
+    "chunk_size": "chunking.chunk_size",
+    "overlap": "chunking.overlap",
+    "include": "sources.include",
+    "exclude": "sources.exclude",
+    "metadata": "sources.metadata",
+    "records_path": "records.path",
+    "executor": "executor.kind",
+    "workers": "executor.workers",
+    "ray_address": "executor.ray_address",
+    "encoders": "executor.encoders",
+    "writers": "executor.writers",
+}
 
 
 class _Section(BaseModel):
@@ -47,13 +99,25 @@ class StoreConfig(_Section):
     api_key: SecretStr | None = None
     #: Store ColBERT vectors too (for the M3 re-ranking without re-encoding candidates).
     colbert: bool = False
-    timeout: float = 30.0
+    timeout: float = Field(30.0, gt=0)
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, v: str) -> str:
+        if not _COLLECTION.match(v):
+            raise ValueError(
+                f"{v!r} is not a collection name: use letters, digits and '_' (not first a digit), "
+                "at most 200 characters"
+            )
+        return v
 
 
 class ModelConfig(_Section):
     """The BGE-M3 checkpoint and how it runs."""
 
     name: str = "BAAI/bge-m3"
+    #: Hub branch, tag or commit of ``name`` (default: the hub's main branch).
+    revision: str | None = None
     device: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_length: int = Field(8192, ge=8, le=8192)
@@ -77,11 +141,17 @@ class ChunkingConfig(_Section):
 
 
 class SourcesConfig(_Section):
-    """Which files of the ingest folders are read."""
+    """Which files of the ingest paths are read, and how much of one file may be."""
 
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     follow_symlinks: bool = True
+    #: Follow links whose target lies outside the ingest root (off: they are reported, skipped).
+    follow_links_outside_root: bool = False
+    #: Largest file read, in bytes (for archives such as .docx: also their inflated size).
+    max_file_bytes: int = Field(100 * MIB, ge=1)
+    #: Most characters of text one file may give after extraction.
+    max_text_chars: int = Field(50_000_000, ge=1)
     #: Extra metadata stored with every chunk of this job.
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -89,7 +159,7 @@ class SourcesConfig(_Section):
 class RecordsConfig(_Section):
     """The SQLite record store that makes re-runs incremental."""
 
-    #: Default: next to an embedded database, else ``./.m3ingest/``; see ``records.default_path``.
+    #: Default: next to an embedded database (``<uri>.records/``), else ``./.m3ingest/``.
     path: str | None = None
 
 
@@ -110,9 +180,12 @@ class SearchConfig(_Section):
 
 
 class ExecutorConfig(_Section):
-    """Where an ingest run's stages execute: in this process, or on Ray (docs/distributed.md)."""
+    """Where an ingest run's stages execute: on this machine, or on Ray (docs/distributed.md)."""
 
     kind: Literal["local", "ray"] = "local"
+    #: Local executor: processes that read, extract and chunk files; default: one per core beyond
+    #: the two that encode and write, none (threads) on machines with two cores or fewer.
+    workers: int | None = Field(None, ge=0)
     #: Ray cluster to join ("auto", "ray://head:10001"); default: start a local Ray runtime.
     ray_address: str | None = None
     #: Encoder actors, each holding one model; default: one per GPU of the cluster, else 1.
@@ -134,8 +207,31 @@ class ExecutorConfig(_Section):
     retries: int | None = Field(None, ge=0)
 
 
-class Config(_Section):
-    """The whole configuration of a job or an app."""
+@dataclass(frozen=True)
+class _Sources:
+    """What one ``load_config`` call reads besides its overrides."""
+
+    path: Path | None
+    env: Mapping[str, str]
+
+
+_SOURCES: ContextVar[_Sources | None] = ContextVar("m3ingest_config_sources", default=None)
+
+
+class Config(BaseSettings):
+    """The whole configuration of a job or an app.
+
+    ``Config()`` is the defaults with the ``M3INGEST_*`` environment applied; ``load_config`` adds a
+    TOML file and overrides.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+        nested_model_default_partial_update=True,
+    )
 
     store: StoreConfig = Field(default_factory=StoreConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -144,6 +240,65 @@ class Config(_Section):
     records: RecordsConfig = Field(default_factory=RecordsConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = _SOURCES.get()
+        if sources is None:
+            return (init_settings, env_settings)
+        env = _Environment(settings_cls, sources.env)
+        if sources.path is None:
+            return (init_settings, env)
+        return (init_settings, env, _TomlFile(settings_cls, sources.path, sources.env))
+
+
+class _Environment(EnvSettingsSource):
+    """``M3INGEST_<SECTION>__<KEY>`` variables, read from a given mapping (``os.environ`` by default)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._env.items() if k.upper().startswith(ENV_PREFIX)}
+
+
+class _TomlFile(PydanticBaseSettingsSource):
+    """A TOML file, with ``${VAR}`` in its strings taken from the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path, env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._data = _expand(_read_toml(path), path.name, env)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"configuration file {path} is a folder; give a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"configuration file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
 def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
@@ -163,25 +318,32 @@ def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
     return value
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
-            continue
-        section, _, name = key[len(ENV_PREFIX) :].lower().partition("__")
-        if section in Config.model_fields:
-            out.setdefault(section, {})[name] = value
+def _without_none(data: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            value = _without_none(value)
+            if not value:
+                continue
+        if value is not None:
+            out[key] = value
     return out
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        elif value is not None:
-            merged[key] = value
-    return merged
+@contextmanager
+def _reading(path: Path | None, env: Mapping[str, str]) -> Iterator[None]:
+    token = _SOURCES.set(_Sources(path, env))
+    try:
+        yield
+    finally:
+        _SOURCES.reset(token)
+
+
+def _invalid(e: ValidationError, source: str) -> ConfigError:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+    )
+    return ConfigError(f"invalid setting in {source}: {problems}")
 
 
 def load_config(
@@ -189,34 +351,64 @@ def load_config(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Config:
-    """Read a TOML file (optional), apply environment variables and overrides, validate.
+    """Read a TOML file (optional), apply the environment and ``overrides``, validate.
 
     ``overrides`` is ``{"store": {"uri": ...}, ...}``; ``None`` values are ignored, so CLI options
-    left unset do not mask the file.
+    left unset do not mask the file. Secret settings are registered for masking.
     """
-    env = os.environ if env is None else env
-    data: dict[str, Any] = {}
-    source = "the configuration"
-    if path is not None:
-        file = Path(path)
-        source = str(file)
+    file = Path(path) if path is not None else None
+    source = str(file) if file is not None else "the configuration"
+    with _reading(file, os.environ if env is None else env):
         try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file {file} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{file} is not valid TOML: {e}") from None
-        data = _expand(data, file.name, env)
-    data = _merge(data, _env_overrides(env))
-    if overrides:
-        data = _merge(data, overrides)
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"invalid setting in {source}: {problems}") from None
+            config = Config(**_without_none(overrides or {}))
+        except ValidationError as e:
+            raise _invalid(e, source) from None
+    _register_secrets(config)
+    return config
+
+
+def _nested(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in Config.model_fields and isinstance(value, Mapping):
+            nested.setdefault(key, {}).update(value)
+        elif key in OPTIONS:
+            section, name = OPTIONS[key].split(".")
+            nested.setdefault(section, {})[name] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}; use one of {', '.join(sorted(OPTIONS))}")
+    return nested
+
+
+def resolve_config(
+    config: Config | str | os.PathLike[str] | None = None, **overrides: Any
+) -> Config:
+    """The configuration a call runs with: file (or ``Config``) < environment < ``overrides``.
+
+    ``overrides`` are flat names of ``OPTIONS`` (``chunk_size=256``) or whole sections
+    (``store={"uri": ...}``); None values are ignored.
+    """
+    nested = _nested(overrides)
+    if not isinstance(config, Config):
+        return load_config(config, overrides=nested)
+    if nested:
+        data = config.model_dump()
+        for section, values in nested.items():
+            data[section].update(values)
+        try:
+            config = Config.model_validate(data)
+        except ValidationError as e:
+            raise _invalid(e, "the overrides") from None
+    _register_secrets(config)
+    return config
+
+
+def _register_secrets(config: Config) -> None:
+    from m3ingest.redact import register_config
+
+    register_config(config)
 
 
 def secret(value: SecretStr | None) -> str | None:
