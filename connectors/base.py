@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from m3ingest.errors import ExitCode, M3IngestError
+
 if TYPE_CHECKING:  # numpy is imported by the stores, not by importing the interface
     import numpy as np
 
@@ -122,9 +124,11 @@ class Query:
         return self
 
 
-class StoreError(RuntimeError):
+class StoreError(M3IngestError):
     """A store operation failed; the message names the backend, where the store is (credentials
     removed), the operation and the collection."""
+
+    exit_code = ExitCode.STORE_UNAVAILABLE
 
 
 class StoreNotFoundError(StoreError):

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Union
 if TYPE_CHECKING:  # imported when a Qdrant filter is rendered, not with this module
     from qdrant_client import models
 
+from m3ingest.errors import ConfigError
+
 #: Built-in fields and the value type each holds.
 BUILTIN_FIELDS: dict[str, type] = {
     "source": str,
@@ -47,7 +49,7 @@ _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 Scalar = Union[str, int, float, bool]
 
 
-class FilterError(ValueError):
+class FilterError(ConfigError):
     """A filter is malformed; the message names the offending key or operator."""
 
 

@@ -20,15 +20,13 @@ import os
 import socket
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import portalocker
 
-if TYPE_CHECKING:
-    from m3ingest.config import Config
+from m3ingest.errors import ExitCode, M3IngestError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +34,10 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE = 300.0
 
 
-class CollectionLocked(RuntimeError):
+class CollectionLocked(M3IngestError):
     """Another run holds the collection's lock (exit code ``LOCKED``)."""
+
+    exit_code = ExitCode.LOCKED
 
     def __init__(self, collection: str, path: Path, owner: LockOwner | None, waited: float) -> None:
         self.collection = collection
@@ -82,12 +82,6 @@ class LockOwner:
         if self.process_alive() is False:
             return True
         return (time.time() if now is None else now) - self.heartbeat > lease
-
-
-def lock_path(records_path: str | os.PathLike[str]) -> Path:
-    """The lock file of the collection whose records live at ``records_path``."""
-    p = Path(records_path)
-    return p.with_name(p.name + ".lock")
 
 
 def read_owner(path: Path) -> LockOwner | None:
@@ -142,6 +136,17 @@ class CollectionLock:
         """Take the lock, waiting as configured; raise :class:`CollectionLocked` otherwise."""
         if self._fh is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
+        try:
+            return self._acquire()
+        except OSError as e:
+            if self._fh is not None:
+                self.release()
+            raise StateError(
+                f"cannot write the lock file {self.path}: {e.strerror or e} (free space or fix the "
+                "folder's permissions, or set records.path to a writable folder)"
+            ) from None
+
+    def _acquire(self) -> CollectionLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         begin = time.monotonic()
         while True:
@@ -268,24 +273,3 @@ class CollectionLock:
                     self._stop.set()
                 return
             self._write_owner(heartbeat=time.time())
-
-
-def collection_lock(
-    config: Config,
-    *,
-    wait: bool = False,
-    timeout: float | None = None,
-    stop: threading.Event | None = None,
-) -> CollectionLock | nullcontext[None]:
-    """The lock of the configured collection (or alias), next to its records.
-
-    In-memory records (a Qdrant ``:memory:`` store) live and die with one process: no lock.
-    """
-    from m3ingest.records import default_path
-
-    records = default_path(config)
-    if str(records) == ":memory:":
-        return nullcontext()
-    return CollectionLock(
-        lock_path(records), config.store.collection, wait=wait, timeout=timeout, stop=stop
-    )

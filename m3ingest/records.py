@@ -18,13 +18,13 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3ingest.connectors import is_embedded
-from m3ingest.errors import SettingsMismatchError
+from m3ingest.errors import SettingsMismatchError, StateError
 
 if TYPE_CHECKING:
     from m3ingest.config import Config
@@ -66,29 +66,13 @@ class SourceRecord:
         return list(self.chunks)
 
 
-def default_path(config: "Config") -> Path | str:
-    """Where the records of the configured collection live.
+def settings_of(config: "Config", checkpoint: str | None) -> dict[str, str]:
+    """The settings that decide what a collection holds; a sync with other ones is refused.
 
-    ``records.path`` when set: a file ending in ``.sqlite`` or ``.db``, else a folder holding
-    ``<collection>.sqlite``. Otherwise next to an embedded database (``<uri>.records/``), else
-    ``./.m3ingest/``. A Qdrant ``:memory:`` store gets in-memory records (``":memory:"``).
+    ``checkpoint`` is the fingerprint of the model's files (a hub commit or a hash of a local
+    folder), so a checkpoint that changed under the same name is caught too.
     """
-    store = config.store
-    name = f"{store.collection}.sqlite"
-    if config.records.path:
-        path = Path(config.records.path).expanduser()
-        return path if path.suffix in (".sqlite", ".db") else path / name
-    if store.uri == ":memory:":
-        return ":memory:"
-    if is_embedded(store.uri):
-        uri = Path(store.uri).expanduser()
-        return uri.parent / f"{uri.name}.records" / name
-    return Path(".m3ingest") / name
-
-
-def settings_of(config: "Config") -> dict[str, str]:
-    """The settings that decide what a collection holds; a sync with other ones is refused."""
-    return {
+    settings = {
         "schema_version": str(SCHEMA_VERSION),
         "model": config.model.name,
         "chunking": json.dumps(
@@ -96,21 +80,54 @@ def settings_of(config: "Config") -> dict[str, str]:
         ),
         "colbert": json.dumps(config.store.colbert),
     }
+    if checkpoint is not None:
+        settings["checkpoint"] = checkpoint
+    return settings
 
 
 class Records:
-    """The record store of one collection; safe to share between the pipeline's threads."""
+    """The record store of one collection; safe to share between the pipeline's threads.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    ``path`` is a file or ``":memory:"``. ``read_only`` opens an existing file without changing
+    it (the file must exist). A damaged or unwritable file raises ``StateError`` naming it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = path
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.read_only = read_only
         self._lock = threading.RLock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+        with self._guard():
+            if str(path) == ":memory:":
+                self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            elif read_only:
+                uri = Path(path).resolve().as_uri() + "?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            else:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            if not read_only:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+            self._db.execute("SELECT count(*) FROM sources").fetchone()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn SQLite and file-system failures into a ``StateError`` that says what to do."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            raise StateError(
+                f"the records file {self.path} is damaged or unreadable ({e}); move it aside, run "
+                "`m3ingest sync PATH...` to record every source again (unchanged chunks keep their "
+                "ids), then `m3ingest verify --repair` to delete chunks no source has any more"
+            ) from None
+        except OSError as e:
+            raise StateError(f"cannot write the records at {self.path}: {e.strerror or e}") from None
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock, self._guard():
+            return self._db.execute(sql, params).fetchall()
 
     def close(self) -> None:
         with self._lock:
@@ -128,44 +145,40 @@ class Records:
     # -- settings ---------------------------------------------------------------------------
 
     def meta(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        return dict(self._rows("SELECT key, value FROM meta"))
 
     def check_settings(self, settings: dict[str, str], collection: str) -> None:
-        """Record the settings of a new collection, or refuse ones that differ from its own."""
+        """Refuse settings that differ from the ones the collection was built with (if any yet)."""
         held = self.meta()
-        if not held:
-            with self._transaction() as db:
-                db.executemany("INSERT INTO meta VALUES (?, ?)", settings.items())
-            return
-        differ = [k for k, v in settings.items() if held.get(k) != v]
+        differ = [k for k, v in settings.items() if k in held and held[k] != v]
         if differ:
-            detail = "; ".join(f"{k}: built with {held.get(k)}, now {settings[k]}" for k in differ)
+            detail = "; ".join(f"{k}: built with {held[k]}, now {settings[k]}" for k in differ)
             raise SettingsMismatchError(
                 f"collection {collection!r} was built with other settings ({detail}); "
                 f"run `m3ingest rebuild` to re-index it with the new ones"
             )
 
+    def record_settings(self, settings: dict[str, str]) -> None:
+        """Record the settings a collection is built with (kept: ones recorded before)."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", settings.items())
+
     # -- sources ----------------------------------------------------------------------------
 
     def get(self, source_id: str) -> SourceRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT source_id, size, mtime_ns, content_hash, chunks FROM sources"
-                " WHERE source_id = ?",
-                (source_id,),
-            ).fetchone()
-        return _record(row) if row else None
+        rows = self._rows(
+            "SELECT source_id, size, mtime_ns, content_hash, chunks FROM sources WHERE source_id = ?",
+            (source_id,),
+        )
+        return _record(rows[0]) if rows else None
 
     def source_ids(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT source_id FROM sources ORDER BY 1")]
+        return [r[0] for r in self._rows("SELECT source_id FROM sources ORDER BY 1")]
 
     def all(self) -> Iterator[SourceRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT source_id, size, mtime_ns, content_hash, chunks FROM sources ORDER BY 1"
-            ).fetchall()
+        rows = self._rows(
+            "SELECT source_id, size, mtime_ns, content_hash, chunks FROM sources ORDER BY 1"
+        )
         return (_record(r) for r in rows)
 
     def chunk_ids(self) -> dict[str, set[str]]:
@@ -174,11 +187,10 @@ class Records:
 
     def counts(self) -> tuple[int, int]:
         """(sources, chunks) recorded."""
-        sources = chunks = 0
-        for r in self.all():
-            sources += 1
-            chunks += len(r.chunks)
-        return sources, chunks
+        sources, chunks = self._rows(
+            "SELECT count(*), coalesce(sum(json_array_length(chunks)), 0) FROM sources"
+        )[0]
+        return int(sources), int(chunks)
 
     def touch(self, source_id: str, size: int, mtime_ns: int) -> None:
         """A source whose content is unchanged got a new size or mtime (nothing was written for
@@ -231,9 +243,22 @@ class Records:
             db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))
             db.execute("DELETE FROM intents WHERE source_id = ?", (source_id,))
 
+    def forget_chunks(self, missing: Mapping[str, Iterable[str]]) -> None:
+        """Forget chunk ids the store no longer holds, so that the next run re-reads their sources
+        and encodes exactly those chunks (a source left with none is forgotten whole)."""
+        for source_id, ids in missing.items():
+            record = self.get(source_id)
+            if record is None:
+                continue
+            gone = set(ids)
+            kept = {cid: sig for cid, sig in record.chunks.items() if cid not in gone}
+            if kept:
+                self.commit(SourceRecord(source_id, -1, -1, "", kept))
+            else:
+                self.remove(source_id)
+
     def intents(self) -> dict[str, tuple[list[str] | None, list[str]]]:
-        with self._lock:
-            rows = self._db.execute("SELECT source_id, touched, stale FROM intents").fetchall()
+        rows = self._rows("SELECT source_id, touched, stale FROM intents")
         return {s: (json.loads(t), json.loads(d)) for s, t, d in rows}
 
     def reconcile(self, store: "VectorStore", collection: str) -> int:
@@ -255,11 +280,8 @@ class Records:
             doubtful = set(touched) | set(stale)
             if doubtful and exists:
                 store.delete(collection, sorted(doubtful))
-            safe = {cid: sig for cid, sig in held.items() if cid not in doubtful}
-            if safe:
-                self.commit(SourceRecord(source_id, -1, -1, "", safe))
-            else:
-                self.remove(source_id)
+            self.forget_chunks({source_id: doubtful} if record is not None else {})
+            self.abandon(source_id)
         return len(intents)
 
     def clear(self) -> None:
@@ -271,19 +293,30 @@ class Records:
 
 
 class _Tx:
+    """One write transaction; SQLite failures become ``StateError``."""
+
     def __init__(self, records: Records) -> None:
         self._records = records
 
     def __enter__(self) -> sqlite3.Connection:
         self._records._lock.acquire()
-        self._records._db.execute("BEGIN IMMEDIATE")
+        try:
+            with self._records._guard():
+                self._records._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._records._lock.release()
+            raise
         return self._records._db
 
-    def __exit__(self, exc_type: Any, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: object) -> bool:
         try:
-            self._records._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            with self._records._guard():
+                self._records._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise exc
         finally:
             self._records._lock.release()
+        return False
 
 
 def _record(row: tuple[Any, ...]) -> SourceRecord:

@@ -37,7 +37,10 @@ _SAMPLE_BLOCKS = 16
 _SAMPLE_BLOCK_BYTES = 64 << 10
 
 
-class CheckpointError(RuntimeError):
+from m3ingest.errors import ConfigError
+
+
+class CheckpointError(ConfigError):
     """A checkpoint cannot be found, reached or loaded; the message says what to do."""
 
 
