@@ -5,17 +5,19 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+# ``m3ingest.ingest`` names the library function, whose stages live in the package of the same
+# name: importing the function here, after the package, makes the function what the name means.
+from m3ingest.ingest import ingest, sync
+
 __version__ = "0.1.0"
 
-# Public names and the module that defines each; imported on first use so that `m3ingest --help`
-# and the config tools do not pay for torch.
+# Other public names and the module that defines each; imported on first use so that
+# `m3ingest --help` and the config tools do not pay for torch.
 _EXPORTS = {
     "M3Encoder": "m3ingest.encoder",
     "M3Output": "m3ingest.encoder",
     "Config": "m3ingest.config",
     "load_config": "m3ingest.config",
-    "ingest": "m3ingest.api",
-    "sync": "m3ingest.api",
     "search": "m3ingest.api",
     "stats": "m3ingest.api",
     "drop": "m3ingest.api",
@@ -26,7 +28,7 @@ _EXPORTS = {
     "M3Retriever": "m3ingest.retrievers",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "ingest", "sync"])
 
 
 def __getattr__(name: str) -> Any:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence, Set
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from m3ingest.connectors import VectorStore
-from m3ingest.records import SourceRecord
 from m3ingest.redact import scrubbed
 
 if TYPE_CHECKING:
     from m3ingest.config import Config
-    from m3ingest.records import Records
+    from m3ingest.connectors import VectorStore
+    from m3ingest.context import CollectionContext
 
 log = logging.getLogger(__name__)
 
@@ -154,20 +152,6 @@ class VerifyResult:
         return out
 
 
-def _mark_for_reprocessing(records: Records, missing: Mapping[str, Set[str]]) -> None:
-    # Keep the chunks the store still holds and clear the content hash: the next run re-reads the
-    # source and encodes exactly the chunks that are missing.
-    for source, ids in missing.items():
-        record = records.get(source)
-        if record is None:
-            continue
-        kept = {cid: sig for cid, sig in record.chunks.items() if cid not in ids}
-        if kept:
-            records.commit(SourceRecord(source, -1, -1, "", kept))
-        else:
-            records.remove(source)
-
-
 @scrubbed
 def verify(
     config: Config | str | os.PathLike[str] | None = None,
@@ -184,39 +168,52 @@ def verify(
     with missing chunks from ``paths`` (the folders they were ingested from; without them the
     next ``sync`` re-encodes those sources). Repair takes the collection lock.
     """
-    from m3ingest.api import live_records_path, resolve_config
-    from m3ingest.connectors import store_from_config
-    from m3ingest.locking import collection_lock
-    from m3ingest.records import Records
-    from m3ingest.redact import register_config
+    from m3ingest.config import resolve_config
+    from m3ingest.context import CollectionContext
+    from m3ingest.ingest import ingest, roots_of
 
     config = resolve_config(config, **overrides)
-    register_config(config)
-    name = config.store.collection
-    lock = collection_lock(config, wait=wait, timeout=wait_timeout) if repair else nullcontext()
-    with lock:
-        with store_from_config(config.store) as store:
-            physical = store.resolve_alias(name) or name
-            records_path = live_records_path(config, store)
-            with Records(records_path) as records:
+    roots = roots_of(paths) if paths else []
+    context = CollectionContext.from_config(config)
+    if not repair:
+        return _check(context)
+    with context.lock(wait=wait, timeout=wait_timeout):
+        with context.open_store() as store:
+            live = context.resolved(store)
+            with live.open_records() as records:
                 pending = sorted(records.intents())
-                drift = find_drift(store, physical, records.chunk_ids())
+                drift = find_drift(store, live.target, records.chunk_ids())
                 result = VerifyResult(drift, pending)
-                log.info("verify %r: %s", physical, drift.summary())
-                if not repair or (drift.clean and not pending):
+                log.info("verify %r: %s", live.target, drift.summary())
+                if drift.clean and not pending:
                     return result
-                records.reconcile(store, physical)
-                current = find_drift(store, physical, records.chunk_ids())
+                records.reconcile(store, live.target)
+                current = find_drift(store, live.target, records.chunk_ids())
                 result.orphans_deleted = delete_orphans(store, current)
-                _mark_for_reprocessing(records, current.missing)
+                records.forget_chunks(current.missing)
                 result.reencoded = sorted(set(current.missing) | set(pending))
                 result.repaired = True
-    if paths and result.reencoded:
-        from m3ingest.api import ingest
-
-        ingest(list(paths), config=config, wait=True, wait_timeout=wait_timeout)
+    if roots and result.reencoded:
+        ingest(roots, config=config, wait=True, wait_timeout=wait_timeout)
     else:
         result.deferred = bool(result.reencoded)
-    with store_from_config(config.store) as store, Records(records_path) as records:
-        result.after = find_drift(store, physical, records.chunk_ids())
+    with context.open_store() as store:
+        live = context.resolved(store)
+        with live.open_records() as records:
+            result.after = find_drift(store, live.target, records.chunk_ids())
     return result
+
+
+def _check(context: CollectionContext) -> VerifyResult:
+    """``verify`` without repair: reads only, and creates nothing."""
+    with context.open_store(create=False) as store:
+        live = context.resolved(store)
+        if not live.records_exist():
+            recorded: dict[str, set[str]] = {}
+            pending: list[str] = []
+        else:
+            with live.open_records(read_only=True) as records:
+                recorded, pending = records.chunk_ids(), sorted(records.intents())
+        drift = find_drift(store, live.target, recorded)
+    log.info("verify %r: %s", live.target, drift.summary())
+    return VerifyResult(drift, pending)

@@ -52,8 +52,13 @@ def _local_now() -> datetime:
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
-    """SIGTERM / SIGINT set ``stop``; a second one raises KeyboardInterrupt (main thread only)."""
+def stop_on_signals(
+    stop: threading.Event, busy: Callable[[], bool] = lambda: True
+) -> Iterator[threading.Event]:
+    """SIGTERM / SIGINT set ``stop``; a second one raises KeyboardInterrupt (main thread only).
+
+    ``busy()`` says whether a run is under way (the log line then says it ends after its batch).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
@@ -62,10 +67,11 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     def handle(signum: int, _frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        log.warning(
-            "%s received: stopping after the current batch (send it again to stop at once)",
-            signal.Signals(signum).name,
-        )
+        name = signal.Signals(signum).name
+        if busy():
+            log.warning("%s received: stopping after the current batch (send it again to stop at once)", name)
+        else:
+            log.warning("%s received: stopping", name)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,6 +106,8 @@ class Scheduler:
         self.run_now = run_now
         self.runs: list[datetime] = []
         self.results: list[Any] = []
+        #: True while a run is under way.
+        self.busy = False
 
     def run(self, max_runs: int | None = None) -> int:
         """Run until stopped (or ``max_runs`` runs); returns the number of runs made."""
@@ -130,6 +138,7 @@ class Scheduler:
     def _run_once(self, due: datetime) -> None:
         self.runs.append(due)
         log.info("run scheduled for %s starting", due.isoformat(timespec="seconds"))
+        self.busy = True
         try:
             result = self.job(self.stop)
         except Exception as exc:  # a failed run must not end the schedule; the next one retries
@@ -137,6 +146,8 @@ class Scheduler:
             result = exc
         else:
             log.info("run scheduled for %s finished: %s", due.isoformat(timespec="seconds"), result)
+        finally:
+            self.busy = False
         self.results.append(result)
 
 
@@ -157,18 +168,19 @@ def schedule(
     the collection locked by another run is skipped. Signals are handled as described above when
     called from the main thread. Returns the number of runs.
     """
-    from m3ingest import api
+    from m3ingest.config import resolve_config
     from m3ingest.errors import ExitCode
+    from m3ingest.ingest import roots_of, sync
     from m3ingest.locking import CollectionLocked
-    from m3ingest.redact import redact_data, register_config
+    from m3ingest.redact import redact_data
 
-    cfg = api.resolve_config(config, **overrides)
-    register_config(cfg)
+    cfg = resolve_config(config, **overrides)
     parse_cron(cron)
+    roots = roots_of(paths)
 
     def job(stop: threading.Event) -> int:
         try:
-            summary = api.sync(paths, cfg, stop=stop)
+            summary = sync(roots, cfg, stop=stop)
         except CollectionLocked as e:
             log.warning("run skipped: %s", e)
             return int(ExitCode.LOCKED)
@@ -181,5 +193,5 @@ def schedule(
         return int(summary.exit_code)
 
     scheduler = Scheduler(cron, job, stop=stop, run_now=run_now)
-    with stop_on_signals(scheduler.stop):
+    with stop_on_signals(scheduler.stop, busy=lambda: scheduler.busy):
         return scheduler.run(max_runs)

@@ -24,42 +24,31 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3ingest.connectors import StoreError, VectorStore
+from m3ingest.aliases import drop, drop_versions, prune, remove_records, switch_alias, version_name, versions
+from m3ingest.errors import ExitCode, M3IngestError
 from m3ingest.redact import scrubbed
 
 if TYPE_CHECKING:
     from m3ingest.config import Config
+    from m3ingest.connectors import VectorStore
     from m3ingest.encoder import M3Encoder
-    from m3ingest.pipeline import Summary
+    from m3ingest.ingest.summary import Summary
+
+__all__ = ["RebuildError", "RebuildResult", "drop_versions", "rebuild", "rebuild_with", "versions"]
 
 log = logging.getLogger(__name__)
 
 
-class RebuildError(RuntimeError):
+class RebuildError(M3IngestError):
     """The new version failed its checks; the alias was not moved."""
 
-
-def version_name(alias: str, n: int) -> str:
-    return f"{alias}__v{n}"
-
-
-def versions(store: VectorStore, alias: str) -> dict[int, str]:
-    """The versioned collections of ``alias``: version number -> collection name."""
-    pattern = re.compile(rf"^{re.escape(alias)}__v(\d+)$")
-    found = {}
-    for name in store.list_collections():
-        m = pattern.match(name)
-        if m:
-            found[int(m.group(1))] = name
-    return found
+    exit_code = ExitCode.FILES_FAILED
 
 
 @dataclass
@@ -88,34 +77,6 @@ class RebuildResult:
         return out
 
 
-def switch_alias(store: VectorStore, alias: str, collection: str) -> bool:
-    """Point ``alias`` at ``collection``; returns True when a plain collection had to be replaced."""
-    if store.resolve_alias(alias) is None and store.has_collection(alias):
-        log.warning(
-            "migrating: %r is a plain collection; replacing it by an alias to %r "
-            "(queries on %r fail for the moment between the two steps)",
-            alias,
-            collection,
-            alias,
-        )
-        store.drop_collection(alias)
-        store.set_alias(alias, collection)
-        return True
-    store.set_alias(alias, collection)
-    return False
-
-
-def prune(store: VectorStore, alias: str, keep: int, on_drop: Callable[[str], None] | None = None) -> list[str]:
-    """Drop versions of ``alias`` so that the live one and the ``keep - 1`` newest others remain."""
-    live = store.resolve_alias(alias)
-    others = [name for _, name in sorted(versions(store, alias).items(), reverse=True) if name != live]
-    doomed = others[max(keep - 1, 0) :]
-    for name in doomed:
-        log.info("dropping old version %r of %r", name, alias)
-        _drop(store, name, on_drop)
-    return doomed
-
-
 def rebuild_with(
     connect: Callable[[], AbstractContextManager[VectorStore]],
     alias: str,
@@ -142,7 +103,7 @@ def rebuild_with(
         for n, name in sorted(existing.items()):
             if n > live_n:
                 log.warning("dropping %r, left by a rebuild that did not finish", name)
-                _drop(store, name, on_drop)
+                drop(store, name, on_drop)
         target = version_name(alias, max(existing, default=0) + 1)
         shown = previous or (alias if store.has_collection(alias) else None)
     log.info("rebuilding %r into %r; queries are served by %r meanwhile", alias, target, shown)
@@ -161,35 +122,6 @@ def rebuild_with(
     return RebuildResult(alias, target, shown, chunks, migrated, dropped, summary)
 
 
-def version_config(cfg: Config, name: str) -> Config:
-    """``cfg`` with ``store.collection`` set to the version ``name``."""
-    return cfg.model_copy(update={"store": cfg.store.model_copy(update={"collection": name})})
-
-
-def remove_records(cfg: Config, name: str) -> None:
-    """Delete the record files of ``name``, a version of the alias ``cfg`` names (the alias's
-    own lock file stays: the caller holds it)."""
-    from m3ingest.records import default_path
-
-    path = default_path(version_config(cfg, name))
-    if str(path) != ":memory:":
-        _remove_records(Path(path), with_lock=name != cfg.store.collection)
-
-
-def drop_versions(store: VectorStore, cfg: Config) -> list[str]:
-    """Drop every version of the alias ``cfg.store.collection`` names, and their records."""
-    names = sorted(versions(store, cfg.store.collection).values())
-    for name in names:
-        _drop(store, name, lambda n: remove_records(cfg, n))
-    return names
-
-
-def _drop(store: VectorStore, name: str, on_drop: Callable[[str], None] | None) -> None:
-    store.drop_collection(name)
-    if on_drop is not None:
-        on_drop(name)
-
-
 def _abandon(
     connect: Callable[[], AbstractContextManager[VectorStore]],
     alias: str,
@@ -197,20 +129,16 @@ def _abandon(
     shown: str | None,
     on_drop: Callable[[str], None] | None,
 ) -> None:
+    from m3ingest.connectors import StoreError
+
     try:
         with connect() as store:
             if store.resolve_alias(alias) == target:
                 return  # the switch happened; only the clean-up of old versions failed
             log.error("rebuild of %r failed; dropping %r, the alias stays on %r", alias, target, shown)
-            _drop(store, target, on_drop)
+            drop(store, target, on_drop)
     except StoreError as e:
         log.error("could not drop %r (%s); the next rebuild drops it", target, e)
-
-
-def _remove_records(path: Path, with_lock: bool) -> None:
-    suffixes = ["", "-wal", "-shm"] + ([".lock"] if with_lock else [])
-    for suffix in suffixes:
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def _sample_search(store: VectorStore, encoder: M3Encoder, collection: str, ids: list[str]) -> None:
@@ -225,9 +153,7 @@ def _sample_search(store: VectorStore, encoder: M3Encoder, collection: str, ids:
             raise RebuildError(f"a search in {collection!r} found nothing")
         found += chunk.id in {h.id for h in hits}
     if samples and not found:
-        raise RebuildError(
-            f"no sampled chunk of {collection!r} was found by searching its own text"
-        )
+        raise RebuildError(f"no sampled chunk of {collection!r} was found by searching its own text")
 
 
 @scrubbed
@@ -250,19 +176,20 @@ def rebuild(
     Files that fail make the rebuild refuse the switch unless ``allow_failures``. Raises
     :class:`RebuildError` (alias unchanged) when the new version fails its checks.
     """
-    from m3ingest import api
-    from m3ingest.config import ConfigError
-    from m3ingest.connectors import store_from_config
+    from m3ingest.config import resolve_config
+    from m3ingest.context import CollectionContext
     from m3ingest.drift import find_drift
-    from m3ingest.locking import collection_lock
-    from m3ingest.records import Records, default_path
-    from m3ingest.redact import register_config
+    from m3ingest.errors import ConfigError
+    from m3ingest.ingest import roots_of, sync
 
-    cfg = api.resolve_config(config, **overrides)
-    register_config(cfg)
-    if cfg.store.uri == ":memory:":
+    cfg = resolve_config(config, **overrides)
+    collection = CollectionContext.from_config(cfg)
+    if collection.location.kind == "memory":
         raise ConfigError("rebuild needs a store that outlives one connection, not ':memory:'")
-    alias = cfg.store.collection
+    if keep < 1:
+        raise ConfigError(f"--keep must be at least 1 (the live version), got {keep}")
+    roots = roots_of(paths)
+    alias = collection.name
     stop = stop or threading.Event()
 
     def build(target: str) -> Summary:
@@ -273,22 +200,28 @@ def rebuild(
 
             m = cfg.model
             encoder = M3Encoder(m.name, device=m.device, dtype=m.dtype, batch_tokens=m.batch_tokens)
-        return api.sync(paths, version_config(cfg, target), stop=stop, encoder=encoder, progress=progress)
+        version = cfg.model_copy(update={"store": cfg.store.model_copy(update={"collection": target})})
+        return sync(roots, version, stop=stop, encoder=encoder, progress=progress)
 
     def check(store: VectorStore, target: str, summary: Summary) -> int:
         if summary.stopped:
-            raise RebuildError(f"the rebuild of {alias!r} was stopped before the end")
+            raise RebuildError(
+                f"the rebuild of {alias!r} was stopped before the end", exit_code=ExitCode.INTERRUPTED
+            )
         if summary.files_failed and not allow_failures:
             raise RebuildError(
                 f"{summary.files_failed} file(s) failed (see the report); switching would lose "
                 "their chunks. Fix them, or pass --allow-failures to switch anyway"
             )
-        with Records(default_path(version_config(cfg, target))) as records:
+        with collection.version(target).open_records() as records:
             recorded = records.chunk_ids()
             pending = records.intents()
         drift = find_drift(store, target, recorded)
         if pending or not drift.clean:
-            raise RebuildError(f"{target!r} does not hold what its records say: {drift.summary()}")
+            raise RebuildError(
+                f"{target!r} does not hold what its records say: {drift.summary()}",
+                exit_code=ExitCode.STATE_BROKEN,
+            )
         count = store.count(target)
         if count == 0:
             raise RebuildError(f"{target!r} is empty: no file under {paths} gave a chunk")
@@ -298,9 +231,7 @@ def rebuild(
         return count
 
     def on_drop(name: str) -> None:
-        remove_records(cfg, name)
+        remove_records(collection, name)
 
-    with collection_lock(cfg, wait=wait, timeout=wait_timeout, stop=stop):
-        return rebuild_with(
-            lambda: store_from_config(cfg.store), alias, build, check, keep=keep, on_drop=on_drop
-        )
+    with collection.lock(wait=wait, timeout=wait_timeout, stop=stop):
+        return rebuild_with(collection.open_store, alias, build, check, keep=keep, on_drop=on_drop)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from m3ingest.config import Config, load_config
+from m3ingest.config import Config, resolve_config
 from m3ingest.connectors import ChunkRecord, Fusion, SearchHit, StoreError, VectorStore
 from m3ingest.retrievers.batching import QueryBatcher, QueryVectors
 
@@ -126,20 +126,24 @@ class M3Searcher:
         keyword arguments of ``M3Searcher``, e.g. ``candidates=50``) override. ``encoder`` and
         ``store`` reuse objects already open; a store opened here is closed by ``close()``.
         """
-        if not isinstance(config, Config):
-            config = load_config(Path(config) if config is not None else None)
-        if encoder is None:
-            from m3ingest.encoder import M3Encoder
-
-            model = config.model
-            encoder = M3Encoder(
-                model.name, device=model.device, dtype=model.dtype, batch_tokens=model.batch_tokens
-            )
+        config = resolve_config(config)
         owns_store = store is None
         if store is None:
             from m3ingest.connectors import store_from_config
 
             store = store_from_config(config.store)
+        if encoder is None:
+            from m3ingest.encoder import M3Encoder
+
+            model = config.model
+            try:
+                encoder = M3Encoder(
+                    model.name, device=model.device, dtype=model.dtype, batch_tokens=model.batch_tokens
+                )
+            except BaseException:
+                if owns_store:
+                    store.close()
+                raise
         search = config.search
         defaults: dict[str, Any] = {
             "collection": config.store.collection,
