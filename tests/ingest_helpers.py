@@ -7,6 +7,7 @@ from typing import Any
 
 from m3ingest.config import Config
 from m3ingest.connectors import RetryPolicy, open_store
+from m3ingest.context import CollectionContext
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-m3"
 COLLECTION = "docs"
@@ -26,6 +27,13 @@ def make_config(tmp: Path, backend: str, **chunking: Any) -> Config:
             "sources": {"metadata": {"team": "docs"}},
         }
     )
+
+
+def records_path(config: Config) -> Path:
+    """Where the records of ``config``'s collection live (before any rebuild made it an alias)."""
+    path = CollectionContext.from_config(config).records_path
+    assert path is not None
+    return path
 
 
 def snapshot(config: Config) -> dict[str, dict[str, tuple]]:

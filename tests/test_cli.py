@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from m3ingest.cli import app
 from m3ingest.errors import ExitCode
@@ -78,7 +78,7 @@ def test_text_summary_and_unchanged_rerun(case):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["ingest", "missing"], "missing is not a folder"),
+        (["ingest", "missing"], "missing does not exist"),
         (["ingest", "docs", "--chunk-size", "32", "--overlap", "40"], "overlap"),
         (["ingest", "docs", "--config", "nowhere.toml"], "nowhere.toml does not exist"),
         (["ingest", "docs", "--backend", "oracle"], "backend"),

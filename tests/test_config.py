@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from m3ingest.api import resolve_config
-from m3ingest.config import Config, ConfigError, load_config, secret
+from m3ingest.config import Config, ConfigError, load_config, resolve_config, secret
 
 
 def test_defaults_need_no_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from m3ingest.config import load_config, secret
-from m3ingest.records import default_path
+from m3ingest.context import CollectionContext
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.toml"))
 ENV = {"MILVUS_TOKEN": "milvus-token", "QDRANT_API_KEY": "qdrant-key"}
@@ -23,7 +23,7 @@ def test_example_loads(path):
     cfg = load_config(path, env=ENV)
     assert cfg.store.backend in ("milvus", "qdrant")
     assert cfg.model.name
-    default_path(cfg)
+    CollectionContext.from_config(cfg).records_path
     for value in (cfg.store.token, cfg.store.api_key):
         assert secret(value) in (None, *ENV.values())
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from m3ingest.locking import CollectionLock, CollectionLocked, LockOwner, lock_path, read_owner
+from m3ingest.context import CollectionContext
+from m3ingest.locking import CollectionLock, CollectionLocked, LockOwner, read_owner
 
 HOLDER = textwrap.dedent(
     """
@@ -39,7 +40,10 @@ def start_holder(path: Path, seconds: float = 60) -> subprocess.Popen[str]:
 
 
 def test_lock_path_sits_next_to_the_records(tmp_path: Path) -> None:
-    assert lock_path(tmp_path / "m3ingest.records.sqlite") == tmp_path / "m3ingest.records.sqlite.lock"
+    from m3ingest.config import Config
+
+    config = Config.model_validate({"records": {"path": str(tmp_path / "m3ingest.records.sqlite")}})
+    assert CollectionContext.from_config(config).lock_path == tmp_path / "m3ingest.records.sqlite.lock"
 
 
 def test_second_run_is_refused_with_the_owner_named(tmp_path: Path) -> None:
@@ -148,19 +152,18 @@ def test_dead_owner_on_this_host_is_stale_and_foreign_owner_needs_the_lease() ->
 
 
 def test_cli_exits_3_when_the_collection_is_locked(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from m3ingest.cli import app
     from m3ingest.config import load_config
     from m3ingest.errors import ExitCode
-    from m3ingest.records import default_path
 
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.md").write_text("text")
     uri = str(tmp_path / "m3.db")
     config = load_config(overrides={"store": {"uri": uri, "collection": "docs"}})
-    proc = start_holder(lock_path(default_path(config)))
+    proc = start_holder(CollectionContext.from_config(config).lock_path)
     try:
         args = ["sync", str(docs), "--uri", uri, "--collection", "docs"]
         now = CliRunner().invoke(app, args)
@@ -176,7 +179,6 @@ def test_cli_exits_3_when_the_collection_is_locked(tmp_path: Path) -> None:
 def test_drop_is_refused_while_a_run_holds_the_lock(tmp_path: Path) -> None:
     import m3ingest
     from m3ingest.connectors import store_from_config
-    from m3ingest.records import default_path
 
     from ingest_helpers import make_config, paragraphs
 
@@ -185,7 +187,7 @@ def test_drop_is_refused_while_a_run_holds_the_lock(tmp_path: Path) -> None:
     (docs / "a.md").write_text(paragraphs(1, 3))
     config = make_config(tmp_path, "milvus")
     m3ingest.ingest(docs, config)
-    proc = start_holder(lock_path(Path(default_path(config))))
+    proc = start_holder(CollectionContext.from_config(config).lock_path)
     try:
         with pytest.raises(CollectionLocked):
             m3ingest.drop(config)

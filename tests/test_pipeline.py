@@ -11,13 +11,14 @@ import pytest
 import m3ingest
 from m3ingest.encoder import M3Encoder
 from m3ingest.errors import ExitCode, SettingsMismatchError
-from m3ingest.records import Records, default_path
+from m3ingest.records import Records
 
 from ingest_helpers import (
     TINY,
     docx_file,
     encrypted_pdf,
     make_config,
+    records_path,
     paragraphs,
     pdf_bytes,
     snapshot,
@@ -191,7 +192,7 @@ def test_incremental_add_change_delete_equals_clean_ingest(tmp_path, backend, en
     synced = m3ingest.sync(folder, config, encoder=encoder)
     assert synced.files_deleted == 1 and synced.tokens_encoded == 0
     assert snapshot(config) == clean_snapshot(tmp_path, folder, backend, encoder)
-    with Records(default_path(config)) as records:
+    with Records(records_path(config)) as records:
         assert records.chunk_ids() == {s: set(c) for s, c in snapshot(config).items()}
 
 
@@ -237,7 +238,7 @@ def test_interrupted_run_is_reconciled(tmp_path, backend, encoder):
     write_corpus(folder)
     config = make_config(tmp_path, backend)
     run(folder, config, encoder)
-    with Records(default_path(config)) as records:
+    with Records(records_path(config)) as records:
         held = records.get("b.txt")
         assert held is not None
         # A run that died after announcing (and maybe writing) new chunks and deleting old ones.
@@ -245,7 +246,7 @@ def test_interrupted_run_is_reconciled(tmp_path, backend, encoder):
     summary = run(folder, config, encoder)
     assert summary.files_changed == 1
     assert snapshot(config) == clean_snapshot(tmp_path, folder, backend, encoder)
-    with Records(default_path(config)) as records:
+    with Records(records_path(config)) as records:
         assert records.intents() == {}
 
 

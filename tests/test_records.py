@@ -9,7 +9,8 @@ from m3ingest.config import Config
 from m3ingest.connectors import ChunkRecord
 from m3ingest.errors import SettingsMismatchError
 from m3ingest.ids import chunk_id, text_hash
-from m3ingest.records import Records, SourceRecord, default_path, settings_of
+from m3ingest.context import CollectionContext
+from m3ingest.records import Records, SourceRecord, settings_of
 
 
 def chunk(cid: str, source: str) -> ChunkRecord:
@@ -27,6 +28,10 @@ def test_chunk_ids_are_stable_uuid5():
     assert a[14] == "5"
 
 
+def default_path(config):
+    return CollectionContext.from_config(config).records_path
+
+
 def test_default_locations(tmp_path):
     lite = Config.model_validate({"store": {"uri": str(tmp_path / "m.db"), "collection": "x"}})
     assert default_path(lite) == tmp_path / "m.db.records" / "x.sqlite"
@@ -41,12 +46,12 @@ def test_default_locations(tmp_path):
 def test_settings_are_kept_and_checked(tmp_path):
     path = tmp_path / "r.sqlite"
     with Records(path) as records:
-        records.check_settings(settings_of(Config()), "c")
+        records.record_settings(settings_of(Config(), None))
     with Records(path) as records:
-        records.check_settings(settings_of(Config()), "c")
+        records.check_settings(settings_of(Config(), None), "c")
         other = Config.model_validate({"model": {"name": "other"}})
         with pytest.raises(SettingsMismatchError, match="model: built with BAAI/bge-m3, now other"):
-            records.check_settings(settings_of(other), "c")
+            records.check_settings(settings_of(other, None), "c")
 
 
 def test_commit_replaces_the_record_and_clears_the_intent(tmp_path):

@@ -163,7 +163,7 @@ def test_schedule_runs_the_sync_job_and_writes_its_report(tmp_path) -> None:
 
 
 def test_schedule_refuses_a_bad_cron_line_as_a_configuration_error() -> None:
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from m3ingest.cli import app
     from m3ingest.errors import ExitCode
@@ -208,13 +208,10 @@ def deploy_commands() -> dict[str, list[str]]:
     "example", ["crontab", "m3ingest-sync.service", "m3ingest-schedule.service", "cronjob.yaml"]
 )
 def test_deploy_examples_are_valid_m3ingest_command_lines(example) -> None:
-    import typer
-
     from m3ingest.cli import app
 
     args = deploy_commands()[example]
-    group = typer.main.get_command(app)
-    command = group.commands[args[0]]
+    command = app.commands[args[0]]
     ctx = command.make_context(args[0], list(args[1:]))
     assert ctx.params["config"] is not None
     if args[0] == "schedule":

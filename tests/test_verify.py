@@ -82,13 +82,13 @@ def ingested(request, tmp_path):
 
 def test_verify_reports_drift_and_repair_restores_the_store(ingested) -> None:
     import m3ingest
-    from m3ingest.api import live_records_path
+    from m3ingest.context import CollectionContext
     from m3ingest.connectors import store_from_config
     from m3ingest.records import Records
 
     docs, config = ingested
     assert m3ingest.verify(config).clean
-    with store_from_config(config.store) as store, Records(live_records_path(config, store)) as rec:
+    with store_from_config(config.store) as store, Records(CollectionContext.from_config(config).resolved(store).records_path) as rec:
         recorded = rec.chunk_ids()
         lost = sorted(recorded["doc1.md"])[:2]
         wiped = sorted(recorded["doc2.md"])
@@ -113,12 +113,12 @@ def test_verify_reports_drift_and_repair_restores_the_store(ingested) -> None:
 
 def test_repair_without_folders_leaves_the_reencoding_to_the_next_sync(ingested) -> None:
     import m3ingest
-    from m3ingest.api import live_records_path
+    from m3ingest.context import CollectionContext
     from m3ingest.connectors import store_from_config
     from m3ingest.records import Records
 
     docs, config = ingested
-    with store_from_config(config.store) as store, Records(live_records_path(config, store)) as rec:
+    with store_from_config(config.store) as store, Records(CollectionContext.from_config(config).resolved(store).records_path) as rec:
         recorded = rec.chunk_ids()
         store.delete("docs", sorted(recorded["doc3.md"])[:1])
     result = m3ingest.verify(config, repair=True)
@@ -131,7 +131,7 @@ def test_repair_without_folders_leaves_the_reencoding_to_the_next_sync(ingested)
 
 
 def test_cli_verify_exits_5_on_drift(ingested) -> None:
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from m3ingest.cli import app
     from m3ingest.connectors import store_from_config
