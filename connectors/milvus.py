@@ -108,13 +108,22 @@ class _OpenFailures(logging.Filter):
 
     @contextmanager
     def catching(self) -> Iterator[list[BaseException]]:
-        """The exceptions Milvus Lite reports in this thread meanwhile (and does not print)."""
+        """The exceptions Milvus Lite reports in this thread meanwhile (and does not print).
+
+        Its logger is let down to ERROR meanwhile: quiet client logs (``quiet_client_logs``) would
+        otherwise keep the report from ever being made.
+        """
         caught: list[BaseException] = []
         self._local.caught = caught
+        logger = logging.getLogger(_SERVER_LOGGER)
+        level = logger.level
+        if logger.getEffectiveLevel() > logging.ERROR:
+            logger.setLevel(logging.ERROR)
         try:
             yield caught
         finally:
             self._local.caught = None
+            logger.setLevel(level)
 
     def filter(self, record: logging.LogRecord) -> bool:
         caught = getattr(self._local, "caught", None)
@@ -125,8 +134,9 @@ class _OpenFailures(logging.Filter):
         return False
 
 
+_SERVER_LOGGER = "milvus_lite.server_manager"
 _OPEN_FAILURES = _OpenFailures()
-logging.getLogger("milvus_lite.server_manager").addFilter(_OPEN_FAILURES)
+logging.getLogger(_SERVER_LOGGER).addFilter(_OPEN_FAILURES)
 
 
 class MilvusStore(ClientStore[MilvusClient, AsyncMilvusClient]):

@@ -150,6 +150,7 @@ def _setup(options: dict[str, Any]) -> None:
     """Logging and library noise, from --log-level, --verbose and --quiet."""
     import os
 
+    from m3ingest.connectors import quiet_client_logs
     from m3ingest.logs import setup_logging
 
     verbose = options.pop("verbose", 0)
@@ -157,6 +158,7 @@ def _setup(options: dict[str, Any]) -> None:
         setup_logging(options.pop("log_level", None), verbose)
     except ValueError as e:
         _fail(str(e), ExitCode.CONFIG_ERROR)
+    quiet_client_logs(verbose=verbose > 0)
     if options.get("quiet") or options.get("as_json") or not sys.stderr.isatty():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not verbose:

@@ -146,7 +146,7 @@ def test_failing_store_leaks_no_secret_to_stderr_json_or_report(tmp_path, backen
     )
     assert result.returncode == ExitCode.STORE_UNAVAILABLE, result.stderr[-2000:]
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith(f"m3ingest: {backend}: ") and "failed" in message, message
+    assert message.startswith(f"m3ingest: {backend} at http://127.0.0.1:9: ") and "failed" in message, message
     outputs = [result.stdout, result.stderr, report.read_text() if report.exists() else ""]
     for output in outputs:
         assert TOKEN not in output and PASSWORD not in output

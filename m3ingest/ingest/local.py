@@ -77,6 +77,7 @@ class LocalExecutor:
             include=tuple(sources.include),
             exclude=tuple(sources.exclude),
             follow_symlinks=sources.follow_symlinks,
+            outside_root=sources.follow_links_outside_root,
         )
         encoder = _EncoderThread(run)
         encoder.start()

@@ -89,6 +89,7 @@ def _list(roots: list[str], config: Config) -> list[SourceFile | SourceFailure]:
             include=tuple(s.include),
             exclude=tuple(s.exclude),
             follow_symlinks=s.follow_symlinks,
+            outside_root=s.follow_links_outside_root,
         )
     )
 

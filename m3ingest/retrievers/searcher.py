@@ -238,7 +238,7 @@ class M3Searcher:
         if exists:
             return error
         return StoreError(
-            f"{self.store.backend}: there is no collection '{self.collection}' to search; ingest "
+            f"{self.store.label}: there is no collection '{self.collection}' to search; ingest "
             "documents into it first (m3ingest ingest PATH) or set store.collection to an existing one"
         )
 
