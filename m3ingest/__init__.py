@@ -21,7 +21,7 @@ _EXPORTS = {
     "search": "m3ingest.api",
     "stats": "m3ingest.api",
     "drop": "m3ingest.api",
-    "verify": "m3ingest.drift",
+    "verify": "m3ingest.repair",
     "rebuild": "m3ingest.versions",
     "schedule": "m3ingest.scheduler",
     "M3Searcher": "m3ingest.retrievers",

@@ -336,7 +336,7 @@ def drop_command(yes: bool, **options: Any) -> None:
 @output_options
 def verify_command(paths: tuple[Path, ...], repair: bool, **options: Any) -> None:
     """Compare the records with the chunks the store holds; exit 5 on drift."""
-    from m3ingest.drift import verify
+    from m3ingest.repair import verify
 
     _setup(options)
     as_json, quiet = options.pop("as_json"), options.pop("quiet")

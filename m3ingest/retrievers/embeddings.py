@@ -8,48 +8,17 @@ the sparse vectors of the same texts gets both from one forward pass.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.embeddings import Embeddings
 
+from m3ingest.retrievers.shared_encoding import SharedEncoding, load_encoder
+
 if TYPE_CHECKING:
-    from m3ingest.encoder import M3Encoder, M3Output
+    from m3ingest.encoder import M3Encoder
     from m3ingest.retrievers.milvus_sparse import M3MilvusSparseEmbedding
     from m3ingest.retrievers.qdrant_sparse import M3QdrantSparseEmbeddings
-
-
-class SharedEncoding:
-    """Dense and sparse vectors of text batches, one forward pass each, the last few cached."""
-
-    def __init__(self, encoder: M3Encoder, max_length: int = 8192, cache_batches: int = 4) -> None:
-        self.encoder = encoder
-        self.max_length = max_length
-        self.cache_batches = cache_batches
-        self._cache: OrderedDict[tuple[str, ...], M3Output] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def encode(self, texts: Sequence[str]) -> M3Output:
-        """Both kinds of vectors of ``texts``; a batch asked for again is served from the cache."""
-        key = tuple(texts)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        out = self.encoder.encode(list(texts), dense=True, sparse=True, max_length=self.max_length)
-        with self._lock:
-            self._cache[key] = out
-            while len(self._cache) > self.cache_batches:
-                self._cache.popitem(last=False)
-        return out
-
-
-def _encoder(model: M3Encoder | str, encoder_kwargs: dict[str, Any]) -> M3Encoder:
-    from m3ingest.encoder import M3Encoder
-
-    return model if isinstance(model, M3Encoder) else M3Encoder(model, **encoder_kwargs)
 
 
 class M3Embeddings(Embeddings):
@@ -62,7 +31,7 @@ class M3Embeddings(Embeddings):
     def __init__(
         self, model: M3Encoder | str = "BAAI/bge-m3", *, max_length: int = 8192, **encoder_kwargs: Any
     ) -> None:
-        self.encoding = SharedEncoding(_encoder(model, encoder_kwargs), max_length=max_length)
+        self.encoding = SharedEncoding(load_encoder(model, encoder_kwargs), max_length=max_length)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Dense vectors of ``texts``."""
@@ -76,18 +45,16 @@ class M3Embeddings(Embeddings):
 
     def sparse(self, texts: Sequence[str]) -> list[dict[int, float]]:
         """Sparse (lexical) weights of ``texts``: token id -> weight."""
-        if not texts:
-            return []
-        return [dict(s) for s in self.encoding.encode(texts).sparse]
+        return self.encoding.sparse(texts)
 
     def milvus_sparse(self) -> M3MilvusSparseEmbedding:
         """The sparse adapter for langchain-milvus, sharing this encoder and cache."""
         from m3ingest.retrievers.milvus_sparse import M3MilvusSparseEmbedding
 
-        return M3MilvusSparseEmbedding(self)
+        return M3MilvusSparseEmbedding(self.encoding)
 
     def qdrant_sparse(self) -> M3QdrantSparseEmbeddings:
         """The sparse adapter for langchain-qdrant, sharing this encoder and cache."""
         from m3ingest.retrievers.qdrant_sparse import M3QdrantSparseEmbeddings
 
-        return M3QdrantSparseEmbeddings(self)
+        return M3QdrantSparseEmbeddings(self.encoding)

@@ -11,7 +11,7 @@ except ImportError as e:  # pragma: no cover - depends on the optional extra
         "M3MilvusSparseEmbedding needs langchain-milvus: pip install 'm3ingest[milvus]'"
     ) from e
 
-from m3ingest.retrievers.embeddings import M3Embeddings
+from m3ingest.retrievers.shared_encoding import SharedEncoding, shared_encoding
 
 
 class M3MilvusSparseEmbedding(BaseSparseEmbedding):
@@ -21,15 +21,13 @@ class M3MilvusSparseEmbedding(BaseSparseEmbedding):
     so both come from one forward pass; a model name or ``M3Encoder`` loads its own.
     """
 
-    def __init__(self, embeddings: M3Embeddings | Any = "BAAI/bge-m3", **encoder_kwargs: Any) -> None:
-        if not isinstance(embeddings, M3Embeddings):
-            embeddings = M3Embeddings(embeddings, **encoder_kwargs)
-        self.embeddings = embeddings
+    def __init__(self, embeddings: Any = "BAAI/bge-m3", **encoder_kwargs: Any) -> None:
+        self.encoding: SharedEncoding = shared_encoding(embeddings, encoder_kwargs)
 
     def embed_query(self, query: str) -> dict[int, float]:
         """Sparse vector of one query."""
-        return self.embeddings.sparse([query])[0]
+        return self.encoding.sparse([query])[0]
 
     def embed_documents(self, texts: list[str]) -> list[dict[int, float]]:
         """Sparse vectors of ``texts``."""
-        return self.embeddings.sparse(texts)
+        return self.encoding.sparse(texts)

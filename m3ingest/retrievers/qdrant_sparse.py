@@ -11,7 +11,7 @@ except ImportError as e:  # pragma: no cover - depends on the optional extra
         "M3QdrantSparseEmbeddings needs langchain-qdrant: pip install 'm3ingest[qdrant]'"
     ) from e
 
-from m3ingest.retrievers.embeddings import M3Embeddings
+from m3ingest.retrievers.shared_encoding import SharedEncoding, shared_encoding
 
 
 def _vector(weights: dict[int, float]) -> SparseVector:
@@ -27,15 +27,13 @@ class M3QdrantSparseEmbeddings(SparseEmbeddings):
     ``M3Encoder`` loads its own.
     """
 
-    def __init__(self, embeddings: M3Embeddings | Any = "BAAI/bge-m3", **encoder_kwargs: Any) -> None:
-        if not isinstance(embeddings, M3Embeddings):
-            embeddings = M3Embeddings(embeddings, **encoder_kwargs)
-        self.embeddings = embeddings
+    def __init__(self, embeddings: Any = "BAAI/bge-m3", **encoder_kwargs: Any) -> None:
+        self.encoding: SharedEncoding = shared_encoding(embeddings, encoder_kwargs)
 
     def embed_documents(self, texts: list[str]) -> list[SparseVector]:
         """Sparse vectors of ``texts``."""
-        return [_vector(w) for w in self.embeddings.sparse(texts)]
+        return [_vector(w) for w in self.encoding.sparse(texts)]
 
     def embed_query(self, text: str) -> SparseVector:
         """Sparse vector of one query."""
-        return _vector(self.embeddings.sparse([text])[0])
+        return _vector(self.encoding.sparse([text])[0])
