@@ -198,8 +198,7 @@ def rebuild(
         if encoder is None:
             from m3ingest.encoder import M3Encoder
 
-            m = cfg.model
-            encoder = M3Encoder(m.name, device=m.device, dtype=m.dtype, batch_tokens=m.batch_tokens)
+            encoder = M3Encoder.from_config(cfg.model)
         version = cfg.model_copy(update={"store": cfg.store.model_copy(update={"collection": target})})
         return sync(roots, version, stop=stop, encoder=encoder, progress=progress)
 

@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from m3ingest.errors import ConfigError
+
 COLBERT_HEAD = "colbert_linear.pt"
 SPARSE_HEAD = "sparse_linear.pt"
 # Files a snapshot needs; the hub repo also holds ONNX exports and images that are not fetched.
@@ -35,9 +37,6 @@ _HASH_WHOLE_BYTES = 64 << 20
 _SAMPLE_EDGE_BYTES = 1 << 20
 _SAMPLE_BLOCKS = 16
 _SAMPLE_BLOCK_BYTES = 64 << 10
-
-
-from m3ingest.errors import ConfigError
 
 
 class CheckpointError(ConfigError):

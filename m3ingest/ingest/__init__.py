@@ -87,7 +87,7 @@ def ingest(
         # A new collection: the model must load before anything is made on disk, so a model
         # that cannot be had leaves nothing behind to tie the collection to it.
         model.load(weights=not on_ray)
-    settings = settings_of(cfg, None)
+    settings = settings_of(cfg, model.fingerprint)
     stop = stop or threading.Event()
     with ExitStack() as stack:
         stack.enter_context(collection.lock(wait=wait, timeout=wait_timeout, stop=stop))

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class LazyEncoder:
         """A handle on an encoder that is already loaded."""
         from m3ingest.config import ModelConfig
 
-        handle = cls(ModelConfig(name=str(encoder.path)))
+        handle = cls(ModelConfig(name=str(encoder.path), revision=getattr(encoder, "revision", None)))
         handle._encoder = encoder
         return handle
 
@@ -47,22 +48,31 @@ class LazyEncoder:
         return self._encoder is not None
 
     @cached_property
-    def path(self) -> Any:
-        """The local folder of the checkpoint (a hub id is resolved to its snapshot)."""
+    def path(self) -> Path:
+        """The local folder of the checkpoint: a hub id's snapshot from the cache, downloaded only
+        when it is not there yet."""
         if self._encoder is not None:
-            return self._encoder.path
-        from m3ingest.encoder.checkpoint import resolve_checkpoint
+            return Path(self._encoder.path)
+        from m3ingest.encoder.checkpoint import cached_checkpoint, resolve_checkpoint
 
-        return resolve_checkpoint(self._config.name)
+        c = self._config
+        return cached_checkpoint(c.name, c.revision) or resolve_checkpoint(c.name, c.revision)
 
     @cached_property
     def dim(self) -> int:
         """The dense vector size, read from the checkpoint's config without loading weights."""
         if self._encoder is not None:
             return self._encoder.dim
-        import json
+        from m3ingest.encoder.checkpoint import model_dim
 
-        return int(json.loads((self.path / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+        return model_dim(self.path)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What changes whenever the checkpoint's files do (see ``checkpoint.fingerprint``)."""
+        from m3ingest.encoder.checkpoint import fingerprint
+
+        return fingerprint(self.path)
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -89,9 +99,7 @@ class LazyEncoder:
                 config = self._config
                 if self._device is not None:
                     config = config.model_copy(update={"device": self._device})
-                self._encoder = M3Encoder(
-                    config.name, device=config.device, dtype=config.dtype, batch_tokens=config.batch_tokens
-                )
+                self._encoder = M3Encoder.from_config(config)
             return self._encoder
 
     def load(self, weights: bool = True) -> None:

@@ -135,11 +135,8 @@ class M3Searcher:
         if encoder is None:
             from m3ingest.encoder import M3Encoder
 
-            model = config.model
             try:
-                encoder = M3Encoder(
-                    model.name, device=model.device, dtype=model.dtype, batch_tokens=model.batch_tokens
-                )
+                encoder = M3Encoder.from_config(config.model)
             except BaseException:
                 if owns_store:
                     store.close()

@@ -44,12 +44,6 @@ class SharedEncoding:
         return out
 
 
-def _encoder(model: M3Encoder | str, encoder_kwargs: dict[str, Any]) -> M3Encoder:
-    from m3ingest.encoder import M3Encoder
-
-    return model if isinstance(model, M3Encoder) else M3Encoder(model, **encoder_kwargs)
-
-
 def load_encoder(model: M3Encoder | str, encoder_kwargs: dict[str, Any]) -> M3Encoder:
     """``model`` when it is an ``M3Encoder`` already, else the encoder of that checkpoint."""
     from m3ingest.encoder import M3Encoder
