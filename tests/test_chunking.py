@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,48 @@ def test_random_documents_keep_the_invariants(tokenizer):
         size = rng.choice([8, 16, 33, 128])
         chunker = Chunker(tokenizer, chunk_size=size, overlap=rng.randint(0, size - 1))
         check(doc, chunker.chunk(doc), chunker)
+
+
+def test_iter_chunks_gives_chunks_one_by_one(tokenizer):
+    doc = Document(prose(200, seed=3))
+    chunker = Chunker(tokenizer, chunk_size=32, overlap=4)
+    stream = chunker.iter_chunks(doc)
+    first = next(stream)
+    assert first.index == 0 and first.start < 200
+    rest = list(stream)
+    assert [first, *rest] == chunker.chunk(doc)
+    assert all(type(i) is int for c in rest for i in c.token_ids) and isinstance(first.token_ids, list)
+
+
+def test_text_without_whitespace_longer_than_any_window(tokenizer, monkeypatch):
+    """A run read as one piece that no two windows agree on is cut anyway, and its chunks' ids are still exact."""
+    from m3ingest import chunking
+
+    monkeypatch.setattr(chunking, "_WINDOW", 700)
+    monkeypatch.setattr(chunking, "_MARGIN", 24)
+    monkeypatch.setattr(chunking, "_MAX_SPAN", 3000)
+    rng = random.Random(5)
+    text = prose(20, seed=5) + " " + "".join(rng.choice("ab\u00e9\u65e5") for _ in range(20000)) + " " + prose(20, seed=6)
+    doc = Document(text)
+    chunker = Chunker(tokenizer, chunk_size=64, overlap=8)
+    check(doc, chunker.chunk(doc), chunker)
+
+
+def test_memory_follows_the_window_not_the_text():
+    """Chunking a 4 MB one-line text: the first release tokenized it whole (about 1.3 GB here)."""
+    code = f"""
+import resource
+from transformers import AutoTokenizer
+from m3ingest.chunking import Chunker
+from m3ingest.sources import Document
+text = ("the store keeps dense and sparse vectors for every chunk, in order. " * 60000)[: 4 * 2**20]
+tok = AutoTokenizer.from_pretrained({str(FIXTURES / "tiny-m3")!r})
+chunker = Chunker(tok, 512, 64)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+n = sum(1 for _ in chunker.iter_chunks(Document(text)))
+print(n, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    chunks, grown_mib = map(int, done.stdout.split())
+    assert chunks > 5000
+    assert grown_mib < 200
