@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from m3ingest.drift import Drift, delete_orphans, find_drift
+from m3ingest.drift import Drift, compare, delete_orphans, find_drift
 from m3ingest.redact import scrubbed
 
 if TYPE_CHECKING:
@@ -129,14 +129,18 @@ def verify(
 
 def _check(context: CollectionContext) -> VerifyResult:
     """``verify`` without repair: reads only, and creates nothing."""
-    with context.open_store(create=False) as store:
-        live = context.resolved(store)
-        if not live.records_exist():
-            recorded: dict[str, set[str]] = {}
-            pending: list[str] = []
-        else:
-            with live.open_records(read_only=True) as records:
-                recorded, pending = records.chunk_ids(), sorted(records.intents())
-        drift = find_drift(store, live.target, recorded)
+    recorded: dict[str, set[str]] = {}
+    pending: list[str] = []
+    stored: dict[str, set[str]] = {}
+    live = context
+    if context.location.exists():
+        with context.open_store(create=False) as store:
+            live = context.resolved(store)
+            if store.has_collection(live.target):
+                stored = store.ids_by_source(live.target)
+    if live.records_exist():
+        with live.open_records(read_only=True) as records:
+            recorded, pending = records.chunk_ids(), sorted(records.intents())
+    drift = compare(live.target, recorded, stored)
     log.info("verify %r: %s", live.target, drift.summary())
     return VerifyResult(drift, pending)
