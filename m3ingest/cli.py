@@ -265,6 +265,8 @@ def search_command(query: str, k: int | None, mode: str | None, filter_: str | N
         where = json.loads(filter_) if filter_ else None
     except json.JSONDecodeError as e:
         _fail(f"--filter is not valid JSON: {e}", ExitCode.CONFIG_ERROR)
+    except RecursionError:
+        _fail("--filter is nested too deeply to read", ExitCode.CONFIG_ERROR)
     if where is not None:
         try:
             parse(where)
