@@ -119,8 +119,9 @@ class Records:
         except sqlite3.DatabaseError as e:
             raise StateError(
                 f"the records file {self.path} is damaged or unreadable ({e}); move it aside, run "
-                "`m3ingest sync PATH...` to record every source again (unchanged chunks keep their "
-                "ids), then `m3ingest verify --repair` to delete chunks no source has any more"
+                "`m3ingest sync PATH...` to record every file again (they are encoded again, under "
+                "the same chunk ids), then `m3ingest verify --repair` to delete the chunks of files "
+                "that are gone"
             ) from None
         except OSError as e:
             raise StateError(f"cannot write the records at {self.path}: {e.strerror or e}") from None
