@@ -40,6 +40,13 @@ def test_length_buckets_are_fine_up_to_1024_then_eight_per_doubling():
     assert length_buckets(8) == [8]
 
 
+def test_cpu_buckets_are_finer_and_keep_row_counts():
+    shapes = BucketShapes.cpu(8192)
+    assert shapes.buckets[:4] == [16, 32, 48, 64] and 1008 in shapes.buckets
+    assert all(b / a <= 1.0625 for a, b in zip(shapes.buckets, shapes.buckets[1:]) if a >= 1024)
+    assert shapes.shape([100, 90, 7], 16384) == (3, 112)
+
+
 def test_partial_batches_round_rows_up_to_a_power_of_two_within_a_full_batch():
     assert [padded_rows(r, 28) for r in (1, 2, 3, 5, 9, 16, 17, 28)] == [1, 2, 4, 8, 16, 16, 28, 28]
     assert padded_rows(30, 28) == 30  # never fewer rows than inputs

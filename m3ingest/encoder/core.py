@@ -55,8 +55,8 @@ class M3Encoder:
     hub branch, tag or commit of a hub id. ``warmup``: on CUDA, run every batch shape once now
     (True), or those for inputs of up to that many tokens (an int), so that first uses and graph
     captures happen at load. ``shapes``: "grid" pads batches to a fixed grid of (rows, length)
-    shapes, "buckets" pads each input to its length bucket only, "exact" pads batches to their
-    longest input; "auto" is grid on CUDA, buckets on CPU (``shapes`` module). ``execution``:
+    shapes, "buckets" pads each input to a (finer) length bucket only, "exact" pads batches to
+    their longest input; "auto" is grid on CUDA, buckets on CPU (``shapes`` module). ``execution``:
     "eager", "graphs" (CUDA graphs per shape), "compile" (``torch.compile``), "compile+graphs";
     "auto" is graphs on CUDA, eager on CPU. Safe to call from several threads at once.
     """
@@ -111,9 +111,11 @@ class M3Encoder:
         if shapes == "auto":
             shapes = "grid" if any(d.type == "cuda" for d in self.devices) else "buckets"
         self._shapes: BatchShapes = (
-            ExactShapes()
-            if shapes == "exact"
-            else BucketShapes(self.max_length, pad_rows=shapes == "grid")
+            BucketShapes(self.max_length)
+            if shapes == "grid"
+            else BucketShapes.cpu(self.max_length)
+            if shapes == "buckets"
+            else ExactShapes()
         )
         capacity = (max(batch_tokens, self.max_length), max(1, batch_tokens // 16))
         self._replicas: dict[torch.device, Replica] = {}

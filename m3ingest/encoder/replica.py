@@ -9,9 +9,10 @@ tensors are pinned and every copy is asynchronous; nothing in ``submit`` waits f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +101,7 @@ class Replica:
             index = torch.from_numpy(positions.astype(np.int64))
             if self._cuda:
                 index = index.pin_memory()
-        with self._lock, torch.inference_mode():
+        with self._on_device():
             device_ids = ids.to(self.device, non_blocking=True)
             hidden = self.runner(device_ids, host_lengths.to(self.device, non_blocking=True), masked)
             out = self.model.heads(
@@ -150,7 +151,7 @@ class Replica:
     def warm(self, shapes: Sequence[tuple[int, int]], unmasked_up_to: int = 0) -> None:
         """One pass per (rows, length) shape, so first uses (and graph captures) happen now;
         shapes of length ``unmasked_up_to`` also run without padding (full fixed-size chunks)."""
-        with self._lock, torch.inference_mode():
+        with self._on_device():
             for rows, width in shapes:
                 ids = torch.full((rows, width), self.model.pad_id, device=self.device)
                 for masked in (True, False) if width == unmasked_up_to else (True,):
@@ -158,6 +159,13 @@ class Replica:
                     self.runner(ids, lengths, masked)
             if self._cuda:
                 torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def _on_device(self) -> Iterator[None]:
+        """This replica's turn at its runner, in inference mode, with its device current."""
+        device = torch.cuda.device(self.device) if self._cuda else contextlib.nullcontext()
+        with self._lock, torch.inference_mode(), device:
+            yield
 
     def _to_host(self, t: torch.Tensor | None) -> torch.Tensor | None:
         if t is None or not self._cuda:

@@ -3,10 +3,10 @@
 On a GPU every new input shape costs time on first use (kernel choice, memory, graph capture),
 so there batches are padded to a small, known grid of shapes: each input's length rounds up to a
 bucket, a bucket's inputs fill batches of ``batch_tokens // bucket`` rows, and the last, partial
-batch of a bucket rounds its row count up to a power of two. A CPU has no first-use cost but
-gains from fewer, fuller batches of aligned lengths: there inputs are padded to their bucket
-only and batches keep their row count. Either way an input is padded to its own bucket, whatever
-its neighbours, so its vectors do not depend on the batch it lands in.
+batch of a bucket rounds its row count up to a power of two. A CPU has no first-use cost, so
+there the buckets are finer (padding is its only cost) and batches keep their row count. Either
+way an input is padded to its own bucket, whatever its neighbours, so its vectors do not depend
+on the batch it lands in: the kernels see the same row whichever batch holds it.
 """
 
 from __future__ import annotations
@@ -17,26 +17,29 @@ from typing import Protocol
 
 from m3ingest.encoder.batching import plan_batches
 
-#: Lengths up to this use fine steps; above it, each doubling of length has ``_STEPS_PER_OCTAVE``.
+#: Lengths up to this rise in fixed steps; above it, each doubling of length has a fixed number.
 _FINE_LIMIT = 1024
-_FINE_STEP = 64
-_SMALLEST = (16, 32)  # queries
-_STEPS_PER_OCTAVE = 8  # at most 12.5% padding above _FINE_LIMIT
+_QUERY_BUCKETS = (16, 32)
+#: The GPU grid: few shapes (each costs a first use), at most 12.5% padding above 1024 tokens.
+GRID_STEP, GRID_PER_OCTAVE = 64, 8
+#: The CPU's buckets: padding is the only cost there, so finer (at most 6.25% above 1024).
+CPU_STEP, CPU_PER_OCTAVE = 16, 16
 
 
-def length_buckets(max_length: int) -> list[int]:
+def length_buckets(max_length: int, step: int = GRID_STEP, per_octave: int = GRID_PER_OCTAVE) -> list[int]:
     """The padded lengths inputs of up to ``max_length`` tokens round up to, ascending.
 
-    16, 32, then multiples of 64 up to 1024, then 8 steps per doubling (1152, 1280, ... 2048,
-    2304, ... 4096, 4608, ... 8192, ...); the last bucket is ``max_length`` itself.
+    16 and 32 (those below ``step``), then multiples of ``step`` up to 1024, then ``per_octave``
+    steps per doubling (by default 1152, 1280, ... 2048, 2304, ... 4096, 4608, ... 8192); the
+    last bucket is ``max_length`` itself.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be positive, got {max_length}")
-    buckets = [*_SMALLEST, *range(_FINE_STEP, _FINE_LIMIT + 1, _FINE_STEP)]
+    buckets = [b for b in _QUERY_BUCKETS if b < step] + list(range(step, _FINE_LIMIT + 1, step))
     octave = _FINE_LIMIT
     while buckets[-1] < max_length:
-        step = octave // _STEPS_PER_OCTAVE
-        buckets += range(octave + step, 2 * octave + 1, step)
+        octave_step = octave // per_octave
+        buckets += range(octave + octave_step, 2 * octave + 1, octave_step)
         octave *= 2
     kept = [b for b in buckets if b < max_length]
     return [*kept, max_length]
@@ -86,12 +89,23 @@ class ExactShapes:
 
 class BucketShapes:
     """Batches of one length bucket each, padded to the bucket and (``pad_rows``) to a grid of
-    row counts."""
+    row counts. The defaults are the GPU grid; ``cpu()`` gives the CPU's finer buckets."""
 
-    def __init__(self, max_length: int, pad_rows: bool = True) -> None:
+    def __init__(
+        self,
+        max_length: int,
+        pad_rows: bool = True,
+        step: int = GRID_STEP,
+        per_octave: int = GRID_PER_OCTAVE,
+    ) -> None:
         self.max_length = max_length
         self.pad_rows = pad_rows
-        self.buckets = length_buckets(max_length)
+        self.buckets = length_buckets(max_length, step, per_octave)
+
+    @classmethod
+    def cpu(cls, max_length: int) -> BucketShapes:
+        """Fine length buckets and exact row counts: no first-use cost to avoid, little padding."""
+        return cls(max_length, pad_rows=False, step=CPU_STEP, per_octave=CPU_PER_OCTAVE)
 
     def plan(self, lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
         if batch_tokens < 1:
