@@ -159,9 +159,8 @@ def _setup(options: dict[str, Any]) -> None:
     except ValueError as e:
         _fail(str(e), ExitCode.CONFIG_ERROR)
     quiet_client_logs(verbose=verbose > 0)
-    if options.get("quiet") or options.get("as_json") or not sys.stderr.isatty():
+    if not verbose:  # the model's own loading bars and notices; m3ingest shows its progress
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
