@@ -27,42 +27,10 @@ from m3ingest.sources import (
     walk,
 )
 from m3ingest.sources import extractors
+from source_files import make_docx, make_pdf
 
 DOCS = Path(__file__).parent / "fixtures" / "docs"
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _pdf_string(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-
-def make_pdf(path: Path, pages: list[str]) -> Path:
-    """A minimal valid PDF with one line of Helvetica text per page."""
-    n = len(pages)
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(n))
-    objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>",
-        f"<< /Type /Pages /Kids [{kids}] /Count {n} >>",
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    for i, text in enumerate(pages):
-        stream = f"BT /F1 12 Tf 72 720 Td ({_pdf_string(text)}) Tj ET"
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
-            f"/Contents {5 + 2 * i} 0 R >>"
-        )
-        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
-    out = b"%PDF-1.4\n"
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1")
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    path.write_bytes(out)
-    return path
 
 
 def encrypt_pdf(src: Path, dst: Path, user_password: str) -> Path:
@@ -73,25 +41,6 @@ def encrypt_pdf(src: Path, dst: Path, user_password: str) -> Path:
     with open(dst, "wb") as f:
         writer.write(f)
     return dst
-
-
-def make_docx(path: Path) -> Path:
-    import docx
-
-    d = docx.Document()
-    d.core_properties.title = "Operations handbook"
-    d.add_paragraph("Preface before any heading.")
-    d.add_heading("Backups", level=1)
-    d.add_paragraph("Copy the record store together with the database.")
-    d.add_heading("Restore", level=2)
-    d.add_paragraph("Stop the ingest job before restoring.")
-    table = d.add_table(rows=2, cols=2)
-    table.cell(0, 0).text, table.cell(0, 1).text = "store", "path"
-    table.cell(1, 0).text, table.cell(1, 1).text = "milvus", "m3ingest.db"
-    d.add_heading("Monitoring", level=1)
-    d.add_paragraph("Read the JSON report.")
-    d.save(path)
-    return path
 
 
 def section_of(doc: Document, needle: str) -> Section:
@@ -517,3 +466,30 @@ def test_every_fixture_extracts_through_the_walk():
 def test_fixture_folder_copy_keeps_ids(tmp_path):
     copy = shutil.copytree(DOCS, tmp_path / "docs")
     assert ids(walk(copy)) == ids(walk(DOCS))
+
+
+def test_every_registered_type_gives_real_text(tmp_path):
+    """One generated file per built-in type through its extractor's real libraries (as on a fresh
+    install: trafilatura needs lxml_html_clean for HTML since lxml 5.2)."""
+    sentence = "Hybrid retrieval ranks chunks by dense and sparse scores together."
+    paragraphs = "".join(f"<p>{sentence} Paragraph {i} adds a little more context to the page.</p>" for i in range(12))
+    page = f"<html><head><title>Search</title></head><body><nav>Home | About</nav><article><h1>Search</h1>{paragraphs}</article></body></html>"
+    files = {
+        ".txt": sentence,
+        ".md": f"# Search\n\n{sentence}\n",
+        ".markdown": f"Search\n======\n\n{sentence}\n",
+        ".rst": f"Search\n======\n\n{sentence}\n",
+        ".html": page,
+        ".htm": page,
+    }
+    assert set(files) | {".pdf", ".docx"} == supported_suffixes()
+    for suffix, content in files.items():
+        (tmp_path / f"doc{suffix}").write_text(content)
+    make_pdf(tmp_path / "doc.pdf", [sentence])
+    make_docx(tmp_path / "doc.docx")
+    for suffix in sorted(supported_suffixes()):
+        path = tmp_path / f"doc{suffix}"
+        doc = extract(path)
+        expected = "Copy the record store together with the database." if suffix == ".docx" else sentence
+        assert expected in doc.text, (suffix, doc.text[:200])
+    assert "Home | About" not in extract(tmp_path / "doc.html").text  # trafilatura's main-content path ran

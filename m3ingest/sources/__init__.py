@@ -1,11 +1,12 @@
 """Sources: walk ingest folders and turn each file into a ``Document`` of plain text with sections."""
 
-from .document import Document, ExtractionError, Section
+from .document import Document, ExtractionError, Limits, Section
 from .extractors import (
     Extractor,
     content_hash,
     extract,
     read_bytes,
+    read_source,
     register_extractor,
     supported_suffixes,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "Document",
     "ExtractionError",
     "Extractor",
+    "Limits",
     "Section",
     "SourceFailure",
     "SourceFile",
@@ -23,6 +25,7 @@ __all__ = [
     "extract",
     "glob_match",
     "read_bytes",
+    "read_source",
     "register_extractor",
     "supported_suffixes",
     "walk",

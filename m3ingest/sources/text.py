@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import re
+from itertools import islice
 
 from charset_normalizer import from_bytes
 
@@ -13,31 +15,48 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
-# Control characters that never occur in text; a decoded file full of them is binary.
+# How much of a file's start is looked at before the rest is read.
+SNIFF_BYTES = 8192
 _TIE = 0.05
-_CONTROL = {chr(c) for c in range(32) if chr(c) not in "\t\n\r\f\v\x1b"} | {"\x7f"}
+# Control characters that never occur in text; a decoded file with more than 1% of them is binary.
+_CONTROL = re.compile("[" + "".join(chr(c) for c in range(32) if chr(c) not in "\t\n\r\f\v\x1b") + "\x7f]")
 
 
 class BinaryContent(ValueError):
     """The bytes are not text in any encoding we can recognise."""
 
 
+def sniff_binary(head: bytes) -> str | None:
+    """Why a file starting with ``head`` cannot be text (NUL bytes without a UTF-16/32 byte order
+    mark), or None. ``decode_text`` applies the same rule to the whole file."""
+    if b"\x00" in head and not any(head.startswith(bom) for bom, _ in _BOMS):
+        return "binary content (NUL bytes)"
+    return None
+
+
 def decode_text(data: bytes) -> tuple[str, str]:
     """Decode ``data`` and normalise line ends to ``\\n``; returns (text, encoding name).
 
     Raises ``BinaryContent`` for NUL bytes without a UTF-16/32 BOM, or bytes no encoding explains.
+    While line ends are normalised, at most one other copy of the text exists.
     """
+    text, encoding = _decoded(data)
+    # Rebinding drops each string as the next is made.
+    text = text.replace("\r\n", "\n")
+    return text.replace("\r", "\n"), encoding
+
+
+def _decoded(data: bytes) -> tuple[str, str]:
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
-                text = data[len(bom) :].decode(encoding)
+                return str(memoryview(data)[len(bom) :], encoding), encoding
             except UnicodeDecodeError as e:
                 raise BinaryContent(f"starts with a {encoding} byte order mark but is not {encoding}: {e.reason}") from None
-            return _normalise(text), encoding
     if b"\x00" in data:
         raise BinaryContent("binary content (NUL bytes)")
     try:
-        return _normalise(data.decode("utf-8")), "utf-8"
+        return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
     matches = from_bytes(data)
@@ -48,10 +67,7 @@ def decode_text(data: bytes) -> tuple[str, str]:
     if best is None:
         raise BinaryContent("undecodable: not UTF-8 and no legacy encoding fits")
     text = str(best)
-    if sum(text.count(c) for c in _CONTROL) > len(text) // 100:
+    allowed = len(text) // 100
+    if sum(1 for _ in islice(_CONTROL.finditer(text), allowed + 1)) > allowed:
         raise BinaryContent(f"binary content (control characters; best guess {best.encoding})")
-    return _normalise(text), best.encoding
-
-
-def _normalise(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text, best.encoding
