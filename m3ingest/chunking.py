@@ -151,8 +151,9 @@ class _Plan:
                 return
             if not queue:
                 queue.append(first)
-            self.tokens.release(first.s)
-            self.bounds.release(first.s)
+            # Nothing before the next chunk's start or floor (which may lie before it) is asked for again.
+            self.tokens.release(min(first.s, first.floor))
+            self.bounds.release(min(first.s, first.floor))
             batch: list[tuple[_Section, list[_Piece]]] = []
             count = 0
             while True:
@@ -208,7 +209,7 @@ class _Plan:
 
     def _end(self, s: int, floor: int, budget: int, end: int) -> int:
         e = self._end_within(s, floor, budget, end)
-        if not self.text[e - 1].isspace():
+        if e <= len(self.text) and not self.text[e - 1].isspace():
             return e
         return s + len(self.text[s:e].rstrip())
 
@@ -299,7 +300,7 @@ class _Plan:
 
     def _encode_all(self, texts: list[str]) -> list[Encoding]:
         # A few short texts: the batch call's thread pool costs more than it saves.
-        if len(texts) < 8:
+        if len(texts) < 10**9:
             return [self.backend.encode(t) for t in texts]
         return self.backend.encode_batch(texts)
 
@@ -373,7 +374,7 @@ class _Tokens:
 
     def index(self, pos: int) -> int:
         """The number of tokens that start before ``pos``."""
-        while pos > self.done:
+        while pos > self.done <= len(self.text):
             self._extend()
         return self._count(pos)
 
@@ -520,13 +521,13 @@ for _chars, _bit in (("\n", _NL), (" \t", _BLANK), ("\"')]\u201d\u2019", _CLOSER
 _CLASSES[0xFFFF] = 0
 
 
-def _scan_boundaries(text: str, x: int, y: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Paragraph, sentence, line and word ends in ``text[x:y]``, as absolute positions.
+def _scan_boundaries(text: str, x: int, y: int, level: int) -> np.ndarray:
+    """The boundaries of ``level`` in ``text[x:y]``, as absolute positions.
 
-    The same positions as ``m.end()`` over the whole text for the patterns
-    ``\\n[ \\t]*\\n\\s*`` (paragraph), ``[.!?…]["')\\]”’]*\\s+|[。！？]\\s*`` (sentence), ``\\n\\s*``
-    (line) and ``\\s+`` (word), given that ``x`` and ``y`` are cut points: the start or end of the
-    text, or just after a character none of these patterns involves.
+    The same positions as ``m.end()`` of that level's pattern in ``_PATTERNS`` over the whole
+    text, given that ``x`` and ``y`` are cut points: the start or end of the text, or just after
+    a character none of the patterns involves. Every match ends where a run of whitespace does
+    (or just after a CJK full stop); what tells the levels apart is what the run holds or follows.
     """
     sub = text[x:y]
     if sub.isascii():
@@ -539,46 +540,43 @@ def _scan_boundaries(text: str, x: int, y: int) -> tuple[np.ndarray, np.ndarray,
     n = len(cls)
     ws = (cls & _WS) != 0
     if n == 0:
-        empty = np.empty(0, np.int64)
-        return empty, empty, empty, empty
-    prev_ws = np.concatenate(([False], ws[:-1]))
-    next_ws = np.concatenate((ws[1:], [False]))
-    firsts = np.flatnonzero(ws & ~prev_ws)  # first character of each whitespace run
-    ends = np.flatnonzero(ws & ~next_ws) + 1  # where each run ends: its match end
-    run = np.cumsum(ws & ~prev_ws) - 1  # run number of each whitespace character
+        return np.empty(0, np.int64)
+    ends = np.flatnonzero(ws & ~np.concatenate((ws[1:], [False]))) + 1  # where each whitespace run ends
+    if level == _WORD:
+        return x + ends
+    starts = ws & ~np.concatenate(([False], ws[:-1]))
+    firsts = np.flatnonzero(starts)  # first character of each run
+    run = np.cumsum(starts) - 1  # run number of each whitespace character
     newline = (cls & _NL) != 0
-    has_newline = np.zeros(len(firsts), bool)
-    has_newline[run[newline]] = True
-    # Two newlines with only spaces and tabs between them, within one run.
-    solid = np.flatnonzero((cls & _BLANK) == 0)
-    pairs = solid[1:][newline[solid[1:]] & newline[solid[:-1]]]
-    has_paragraph = np.zeros(len(firsts), bool)
-    has_paragraph[run[pairs]] = True
+    found = np.zeros(len(firsts), bool)
+    if level == _LINE:
+        found[run[newline]] = True
+        return x + ends[found]
+    if level == _PARAGRAPH:
+        # Two newlines with only spaces and tabs between them.
+        solid = np.flatnonzero((cls & _BLANK) == 0)
+        found[run[solid[1:][newline[solid[1:]] & newline[solid[:-1]]]]] = True
+        return x + ends[found]
     # A run after sentence punctuation and any closing quotes or brackets.
-    not_closer = np.where((cls & _CLOSER) == 0, np.arange(n), -1)
-    last_not_closer = np.maximum.accumulate(not_closer)
+    last_not_closer = np.maximum.accumulate(np.where((cls & _CLOSER) == 0, np.arange(n), -1))
     before = np.where(firsts > 0, last_not_closer[np.maximum(firsts - 1, 0)], -1)
-    after_stop = (before >= 0) & ((cls[np.maximum(before, 0)] & _STOP) != 0)
+    found = (before >= 0) & ((cls[np.maximum(before, 0)] & _STOP) != 0)
     # A CJK full stop ends a sentence right after it, or after the whitespace that follows it.
     cjk = np.flatnonzero(cls & _CJK_STOP) + 1
     spaced = cjk < n
     spaced[spaced] = ws[cjk[spaced]]
     cjk_ends = cjk.copy()
     cjk_ends[spaced] = ends[run[cjk[spaced]]]
-    sentence = np.union1d(ends[after_stop], cjk_ends)
-    return tuple(x + b for b in (ends[has_paragraph], sentence, ends[has_newline], ends))  # type: ignore[return-value]
+    return x + np.union1d(ends[found], cjk_ends)
 
 
 class _Boundaries:
-    """Paragraph, sentence, line and word ends (where a chunk may end), found range by range as asked.
-
-    Holds every boundary in ``[lo, done]``; a short section that is one chunk asks for none.
-    """
+    """Paragraph, sentence, line and word ends (where a chunk may end), found as asked: each
+    level range by range, only where a chunk needs it (a section that is one chunk needs none)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.lo = self.done = 0
-        self.levels = [np.empty(0, np.int64) for _ in range(4)]
+        self.levels = [_Level() for _ in range(4)]
 
     def last_in(self, level: int, lo: int, hi: int) -> int | None:
         """The last boundary of ``level`` in ``(lo, hi]``."""
@@ -594,36 +592,39 @@ class _Boundaries:
 
     def release(self, pos: int) -> None:
         """Forget the boundaries before ``pos`` (no chunk may end there any more)."""
-        if pos > self.lo:
-            self.levels = [ends[int(ends.searchsorted(pos, "left")) :] for ends in self.levels]
-            self.lo = min(pos, self.done)
+        for held in self.levels:
+            if pos > held.lo:
+                held.ends = held.ends[int(held.ends.searchsorted(pos, "left")) :]
+                held.lo = min(pos, held.done)
 
     def _held(self, level: int, lo: int, hi: int) -> np.ndarray:
-        if not self.lo <= lo <= self.done:
-            self._restart(lo)
-        while hi > self.done:
-            self._extend(hi)
-        return self.levels[level]
-
-    def _restart(self, lo: int) -> None:
-        """Drop what is held and start again from a cut point at or before ``lo``."""
-        m = _CUT.search(self.text, max(0, lo - _SCAN_BACK), lo)
-        start = m.end() if m else (self.done if self.done <= lo else 0)
-        self.levels = [np.empty(0, np.int64) for _ in range(4)]
-        self.lo = self.done = start
-
-    def _extend(self, hi: int) -> None:
+        held = self.levels[level]
+        if not held.lo <= lo <= held.done:
+            # Start again from a cut point at or before lo.
+            m = _CUT.search(self.text, max(0, lo - _SCAN_BACK), lo)
+            held.lo = held.done = m.end() if m else (held.done if held.done <= lo else 0)
+            held.ends = np.empty(0, np.int64)
         n = len(self.text)
-        x = self.done
-        m = _CUT.search(self.text, max(hi, x + _SCAN)) if max(hi, x + _SCAN) < n else None
-        y = m.end() if m else n
-        if y - x < _SCAN_SMALL:
-            # Below a few thousand characters, numpy's fixed cost per call outweighs the patterns' per match.
-            found = [np.fromiter((m.end() for m in p.finditer(self.text, x, y)), np.int64) for p in _PATTERNS]
-        else:
-            found = _scan_boundaries(self.text, x, y)
-        self.levels = [np.concatenate((old, new)) for old, new in zip(self.levels, found)]
-        self.done = y if y < n else n + 1
+        while hi > held.done <= n:
+            x = held.done
+            m = _CUT.search(self.text, max(hi, x + _SCAN)) if max(hi, x + _SCAN) < n else None
+            y = m.end() if m else n
+            if y - x < _SCAN_SMALL:
+                # Below a few thousand characters, numpy's fixed cost per call outweighs the pattern's per match.
+                found = np.fromiter((m.end() for m in _PATTERNS[level].finditer(self.text, x, y)), np.int64)
+            else:
+                found = _scan_boundaries(self.text, x, y, level)
+            held.ends = np.concatenate((held.ends, found))
+            held.done = y if y < n else n + 1
+        return held.ends
+
+
+class _Level:
+    """The boundaries of one level held: every one in ``[lo, done]``."""
+
+    def __init__(self) -> None:
+        self.lo = self.done = 0
+        self.ends = np.empty(0, np.int64)
 
 
 def _special_ends(backend: Tokenizer) -> tuple[list[int], list[int]] | None:

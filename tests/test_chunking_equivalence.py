@@ -225,6 +225,14 @@ _PIECES = [
 ]
 
 
+# Characters the nmt_nfkc normalizer deletes. At the start of the text, or right after a literal
+# special token, they shift the tokenizer's offsets for the rest of that stretch (a tokenizers
+# bug): the first release planned from those shifted offsets over a whole document, a window that
+# starts after them does not see the shift. Windowed tests leave them out (docs/sources.md).
+_DELETED = ("\x0b", "\x1c")
+_WINDOW_SAFE_PIECES = [p for p in _PIECES if p not in _DELETED]
+
+
 def prose(rng: random.Random, n_paragraphs: int) -> str:
     paragraphs = []
     for _ in range(n_paragraphs):
@@ -236,24 +244,27 @@ def prose(rng: random.Random, n_paragraphs: int) -> str:
     return rng.choice(["\n\n", "\n", "\n\n\n", "\n  \n"]).join(paragraphs)
 
 
-def noise(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice(_PIECES) for _ in range(n))
+def noise(rng: random.Random, n: int, pieces: list[str] = _PIECES) -> str:
+    return "".join(rng.choice(pieces) for _ in range(n))
 
 
-def random_document(rng: random.Random) -> Document:
+def random_document(rng: random.Random, pieces: list[str] = _PIECES) -> Document:
     kind = rng.choice(["prose", "noise", "mixed", "cjk", "long-words"])
     if kind == "prose":
         text = prose(rng, rng.randint(1, 30))
     elif kind == "noise":
-        text = noise(rng, rng.randint(0, 1500))
+        text = noise(rng, rng.randint(0, 1500), pieces)
     elif kind == "mixed":
-        text = "".join(prose(rng, rng.randint(1, 4)) + noise(rng, rng.randint(1, 40)) for _ in range(rng.randint(1, 8)))
+        text = "".join(prose(rng, rng.randint(1, 4)) + noise(rng, rng.randint(1, 40), pieces) for _ in range(rng.randint(1, 8)))
     elif kind == "cjk":
         text = "".join(rng.choice(["\u6587\u7ae0\u3067\u3059", "\u3002", "\u65e5\u672c\u8a9e", "\uff01", " ", "\n", "abc"]) for _ in range(rng.randint(10, 700)))
     else:
         text = " ".join(rng.choice(["a" * rng.randint(1, 300), "word", "-" * rng.randint(1, 90), "\n\n"]) for _ in range(rng.randint(5, 60)))
     cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 8))))
     sections = [Section(a, b, (f"h{i}",)) for i, (a, b) in enumerate(zip(cuts, cuts[1:])) if i % 2 == 0 or rng.random() < 0.3]
+    if rng.random() < 0.2:
+        # Documents from custom extractors may break the rules: sections overlapping or past the end.
+        sections.append(Section(rng.randint(0, len(text)), len(text) + rng.randint(0, 50), ("loose",)))
     return Document(text, sections)
 
 
@@ -278,8 +289,9 @@ def test_fixture_documents(tokenizer, windows, size, overlap):
 @pytest.mark.parametrize("seed", range(6))
 def test_random_documents(tokenizer, windows, seed):
     rng = random.Random(seed)
+    pieces = _PIECES if windows == "default" else _WINDOW_SAFE_PIECES
     for _ in range(12):
-        doc = random_document(rng)
+        doc = random_document(rng, pieces)
         size, overlap = rng.choice(SETTINGS)
         same(doc, Chunker(tokenizer, size, overlap), OldChunker(tokenizer, size, overlap))
 
@@ -289,7 +301,7 @@ def test_long_prose_across_windows(tokenizer, size, overlap, monkeypatch):
     monkeypatch.setattr(chunking, "_WINDOW", 4000)
     monkeypatch.setattr(chunking, "_MARGIN", 64)
     rng = random.Random(size)
-    text = prose(rng, 400) + " " + "x" * 9000 + " " + prose(rng, 50) + noise(rng, 3000)
+    text = prose(rng, 400) + " " + "x" * 9000 + " " + prose(rng, 50) + noise(rng, 3000, _WINDOW_SAFE_PIECES)
     doc = Document(text, [Section(100, 30000, ("a",)), Section(30000, len(text) - 10, ("b",))])
     same(doc, Chunker(tokenizer, size, overlap), OldChunker(tokenizer, size, overlap))
 
@@ -307,7 +319,7 @@ def test_boundaries_match_the_patterns(seed):
     cuts = [0, *sorted({m.end() for m in chunking._CUT.finditer(text) if rng.random() < 0.2}), len(text)]
     got = [[] for _ in range(4)]
     for x, y in zip(cuts, cuts[1:]):
-        for level, found in zip(got, _scan_boundaries(text, x, y)):
-            level += found.tolist()
+        for level, found in enumerate(got):
+            found += _scan_boundaries(text, x, y, level).tolist()
     want = [[m.end() for m in p.finditer(text)] for p in (_O_PARAGRAPH, _O_SENTENCE, _O_LINE, _O_WORD)]
     assert got == want
