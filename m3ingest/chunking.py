@@ -135,7 +135,9 @@ class _Plan:
         self.tokens = _Tokens(self.backend, text)
         self.bounds = _Boundaries(text)
 
-    def chunks(self, spans: Iterable[tuple[int, int, tuple[str, ...]]]) -> Iterator[tuple[int, int, tuple[str, ...], list[int]]]:
+    def chunks(
+        self, spans: Iterable[tuple[int, int, tuple[str, ...]]]
+    ) -> Iterator[tuple[int, int, tuple[str, ...], list[int]]]:
         """(start, end, headings, token ids) of the chunks of each section in ``spans``, in order.
 
         Chunks are planned from the document's token offsets, up to _BATCH at a time across
@@ -170,7 +172,9 @@ class _Plan:
                     queue.append(nxt)
             yield from self._emit(batch, queue)
 
-    def _emit(self, batch: list[tuple[_Section, list[_Piece]]], queue: deque[_Section]) -> Iterator[tuple[int, int, tuple[str, ...], list[int]]]:
+    def _emit(
+        self, batch: list[tuple[_Section, list[_Piece]]], queue: deque[_Section]
+    ) -> Iterator[tuple[int, int, tuple[str, ...], list[int]]]:
         """Tokenize the planned chunks and give them in order, up to the first that came out too
         long: that one is shrunk, and what was planned after it is dropped (planned again next)."""
         limit = self.chunk_size + 2
@@ -243,7 +247,7 @@ class _Plan:
         it = max(ie - overlap, tokens.index(s) + 1)
         if it >= ie:
             return e
-        target = tokens.start(it)
+        target = tokens.start_of(it)
         for level, min_tokens in ((_SENTENCE, overlap // 2), (_WORD, 1)):
             b = bounds.first_in(level, target, e)
             if b is not None and ie - tokens.index(b) >= min_tokens:
@@ -282,7 +286,7 @@ class _Plan:
         out: list[list[int]] = []
         redo: list[int] = []
         k = 0
-        for (a, e), probe in zip(spans, probes):
+        for (a, e), probe in zip(spans, probes, strict=True):
             if probe is None:
                 out.append(encodings[k].ids)
                 k += 1
@@ -294,7 +298,7 @@ class _Plan:
                 ids = []
             out.append(ids)
         if redo:
-            for i, enc in zip(redo, self._encode_all([text[a:e] for a, e in (spans[i] for i in redo)])):
+            for i, enc in zip(redo, self._encode_all([text[a:e] for a, e in (spans[i] for i in redo)]), strict=True):
                 out[i] = enc.ids
         return out
 
@@ -340,7 +344,7 @@ class _Window:
     """One stretch of the text tokenized alone, from ``at``: the tokenizer's own offsets (from
     ``at``) and ids. Its tokens ``lo:hi`` are the document's, numbered from ``first``."""
 
-    __slots__ = ("at", "offsets", "ids", "lo", "hi", "first")
+    __slots__ = ("at", "first", "hi", "ids", "lo", "offsets")
 
     def __init__(self, at: int, enc: Encoding) -> None:
         self.at = at
@@ -382,8 +386,10 @@ class _Tokens:
         """The start offset of token ``i``, or None past the last token."""
         while i >= self.final and self.done <= len(self.text):
             self._extend()
-        if i >= self.final:
-            return None
+        return self.start_of(i) if i < self.final else None
+
+    def start_of(self, i: int) -> int:
+        """The start offset of token ``i``, one that ``index`` has counted."""
         w = self._holding(i)
         return w.at + w.offsets[w.lo + i - w.first][0]
 
@@ -408,9 +414,13 @@ class _Tokens:
         lo = w.lo + i - w.first
         if lo + n < w.hi:
             shift = at - w.at
-            if w.ids[lo : lo + n] != ids[k:m] or [x for x, _ in w.offsets[lo : lo + n + 1]] != [x + shift for x, _ in offsets[k : m + 1]]:
+            if w.ids[lo : lo + n] != ids[k:m] or [x for x, _ in w.offsets[lo : lo + n + 1]] != [
+                x + shift for x, _ in offsets[k : m + 1]
+            ]:
                 return None
-        elif self.ids_between(i, i + n) != ids[k:m] or [self.start(i + q) for q in range(n + 1)] != [at + x for x, _ in offsets[k : m + 1]]:
+        elif self.ids_between(i, i + n) != ids[k:m] or [self.start(i + q) for q in range(n + 1)] != [
+            at + x for x, _ in offsets[k : m + 1]
+        ]:
             return None
         return i
 
@@ -456,21 +466,19 @@ class _Tokens:
             return
         last = self.windows[-1]
         overlap = 2 * _MARGIN
-        while True:
+        p: int | None = None
+        while p is None:
             c = max(last.at, self.tokenized - overlap)
             d = min(n, max(c + _WINDOW, self.tokenized + _MARGIN))
             new = self._encode(c, d)
             if c == last.at:
                 # The same left context as the held window and more text after: better wherever both reach.
                 p = self.done
-                break
-            p = self._agreement(last, new, c + overlap // 4, self.tokenized - overlap // 4)
-            if p is not None:
-                break
-            if d - last.at > _MAX_SPAN:
+            else:
+                p = self._agreement(last, new, c + overlap // 4, self.tokenized - overlap // 4)
+            if p is None and d - last.at > _MAX_SPAN:
                 p = max(self.done, (c + self.tokenized) // 2)
                 self.forced.append(p)
-                break
             overlap *= 4
         last.hi = last.cut(p)
         new.lo = new.cut(p)
@@ -515,7 +523,13 @@ _CLASSES = np.zeros(0x10000, np.uint8)
 for _c in range(0x10000):
     if chr(_c).isspace():
         _CLASSES[_c] |= _WS
-for _chars, _bit in (("\n", _NL), (" \t", _BLANK), ("\"')]\u201d\u2019", _CLOSER), (".!?\u2026", _STOP), ("\u3002\uff01\uff1f", _CJK_STOP)):
+for _chars, _bit in (
+    ("\n", _NL),
+    (" \t", _BLANK),
+    ("\"')]\u201d\u2019", _CLOSER),
+    (".!?\u2026", _STOP),
+    ("\u3002\uff01\uff1f", _CJK_STOP),
+):
     for _ch in _chars:
         _CLASSES[ord(_ch)] |= _bit
 _CLASSES[0xFFFF] = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import sys
@@ -31,10 +32,10 @@ def check(doc: Document, chunks: list[Chunk], chunker: Chunker) -> None:
         assert c.token_ids == tok(c.text)["input_ids"]
         assert c.token_ids[0] == tok.cls_token_id and c.token_ids[-1] == tok.sep_token_id
         assert len(c.token_ids) <= chunker.chunk_size + 2
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert (a.start, a.end) < (b.start, b.end)
     # Every visible character is in some chunk.
-    gaps = [doc.text[a.end : b.start] for a, b in zip(chunks, chunks[1:]) if b.start > a.end]
+    gaps = [doc.text[a.end : b.start] for a, b in itertools.pairwise(chunks) if b.start > a.end]
     if chunks:
         gaps += [doc.text[: chunks[0].start], doc.text[chunks[-1].end :]]
     assert all(not g.strip() for g in gaps)
@@ -49,7 +50,24 @@ def check(doc: Document, chunks: list[Chunk], chunker: Chunker) -> None:
 
 def prose(n_paragraphs: int, seed: int = 0) -> str:
     rng = random.Random(seed)
-    words = "the store keeps dense and sparse vectors for every chunk of each file in the folder".split()
+    words = [
+        "the",
+        "store",
+        "keeps",
+        "dense",
+        "and",
+        "sparse",
+        "vectors",
+        "for",
+        "every",
+        "chunk",
+        "of",
+        "each",
+        "file",
+        "in",
+        "the",
+        "folder",
+    ]
     paragraphs = []
     for _ in range(n_paragraphs):
         sentences = [
@@ -90,10 +108,10 @@ def test_overlap_between_consecutive_chunks(tokenizer):
     doc = Document(prose(30, seed=1))
     with_overlap = Chunker(tokenizer, chunk_size=48, overlap=12).chunk(doc)
     without = Chunker(tokenizer, chunk_size=48, overlap=0).chunk(doc)
-    assert all(b.start < a.end for a, b in zip(with_overlap, with_overlap[1:]))
-    assert all(b.start >= a.end for a, b in zip(without, without[1:]))
+    assert all(b.start < a.end for a, b in itertools.pairwise(with_overlap))
+    assert all(b.start >= a.end for a, b in itertools.pairwise(without))
     # The repeated text is about `overlap` tokens, never more than the chunk before it.
-    for a, b in zip(with_overlap, with_overlap[1:]):
+    for a, b in itertools.pairwise(with_overlap):
         shared = len(tokenizer(doc.text[b.start : a.end], add_special_tokens=False)["input_ids"])
         assert 0 < shared <= 14
 
@@ -157,10 +175,15 @@ def test_same_text_same_chunks_and_ids(tokenizer):
     assert a == chunker.chunk(doc)
     # An edit in one section leaves the chunks (text and ids) of the others as they were.
     edited = "New words here. " + first
-    doc2 = Document(edited + "\n\n" + second, [Section(0, len(edited), ("One",)), Section(len(edited) + 2, len(edited) + 2 + len(second), ("Two",))])
+    doc2 = Document(
+        edited + "\n\n" + second,
+        [Section(0, len(edited), ("One",)), Section(len(edited) + 2, len(edited) + 2 + len(second), ("Two",))],
+    )
     b = chunker.chunk(doc2)
+
     def two(chunks):
         return [(c.text, c.token_ids) for c in chunks if c.headings == ("Two",)]
+
     assert two(a) == two(b) != []
 
 
@@ -175,11 +198,11 @@ def test_settings_are_checked(tokenizer):
 
 def test_random_documents_keep_the_invariants(tokenizer):
     rng = random.Random(42)
-    alphabet = list("abcde fgh  \n\n\t.!?,-") + ["é", "日本語", "。", "🙂", "\u00a0", "word ", "\r"]
+    alphabet = [*list("abcde fgh  \n\n\t.!?,-"), "é", "日本語", "。", "🙂", "\xa0", "word ", "\r"]
     for _ in range(30):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 1200)))
         cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 6))))
-        sections = [Section(a, b, (f"h{i}",)) for i, (a, b) in enumerate(zip(cuts, cuts[1:])) if i % 2 == 0]
+        sections = [Section(a, b, (f"h{i}",)) for i, (a, b) in enumerate(itertools.pairwise(cuts)) if i % 2 == 0]
         doc = Document(text, sections)
         size = rng.choice([8, 16, 33, 128])
         chunker = Chunker(tokenizer, chunk_size=size, overlap=rng.randint(0, size - 1))
@@ -205,7 +228,9 @@ def test_text_without_whitespace_longer_than_any_window(tokenizer, monkeypatch):
     monkeypatch.setattr(chunking, "_MARGIN", 24)
     monkeypatch.setattr(chunking, "_MAX_SPAN", 3000)
     rng = random.Random(5)
-    text = prose(20, seed=5) + " " + "".join(rng.choice("ab\u00e9\u65e5") for _ in range(20000)) + " " + prose(20, seed=6)
+    text = (
+        prose(20, seed=5) + " " + "".join(rng.choice("ab\u00e9\u65e5") for _ in range(20000)) + " " + prose(20, seed=6)
+    )
     doc = Document(text)
     chunker = Chunker(tokenizer, chunk_size=64, overlap=8)
     check(doc, chunker.chunk(doc), chunker)

@@ -2,7 +2,7 @@
 
 Chunk ids derive from chunk text, so any change in where chunks start and end would re-encode
 every user's collection; token ids must stay ``tokenizer(chunk.text)["input_ids"]``. ``OldChunker``
-below is that algorithm, unchanged but for its names; it lives only in this module.
+below is that algorithm, unchanged but for names, layout and a strict zip; it lives only in this module.
 
 Besides the tiny checkpoint's tokenizer, the tests use two tokenizers of the real BGE-M3 (XLM-R)
 structure over the same vocabulary: with the ``nmt_nfkc`` normalizer that sentencepiece compiles
@@ -14,6 +14,7 @@ current converters write (that normalizer, runs of spaces folded, no whitespace 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import lzma
 import random
@@ -134,7 +135,7 @@ class OldChunker:
                 pieces.append((a, e, f))
                 a, f = self._next(plan, a, e, end)
             encodings = self._backend.encode_batch([text[a:e] for a, e, _ in pieces])
-            for (a, e, f), enc in zip(pieces, encodings):
+            for (a, e, f), enc in zip(pieces, encodings, strict=True):  # noqa: B007 (f is used after the loop)
                 if len(enc.ids) > limit:
                     break
                 out.append((a, e, enc.ids))
@@ -189,7 +190,12 @@ def m3_structured(variant: str) -> PreTrainedTokenizerFast:
             "type": "Sequence",
             "normalizers": [precompiled, {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}],
         }
-        spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True}
+        spec["pre_tokenizer"] = {
+            "type": "Metaspace",
+            "replacement": "\u2581",
+            "prepend_scheme": "always",
+            "split": True,
+        }
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
 
 
@@ -215,13 +221,79 @@ def windows(request, monkeypatch):
 
 # --- documents ------------------------------------------------------------------------------------
 
-_WORDS = "the store keeps dense and sparse vectors for every chunk of each file in the folder".split()
+_WORDS = [
+    "the",
+    "store",
+    "keeps",
+    "dense",
+    "and",
+    "sparse",
+    "vectors",
+    "for",
+    "every",
+    "chunk",
+    "of",
+    "each",
+    "file",
+    "in",
+    "the",
+    "folder",
+]
 _PIECES = [
     *"abcdefgh",
-    " ", " ", " ", "  ", "\n", "\n\n", "\n \n", "\t", "\r", "\f", "\x0b", "\x1c", "\x85", "\u00a0", "\u2028", "\u3000",
-    ".", "!", "?", ",", "-", "\u2026", '"', "'", ")", "]", "\u201d", "\u2019", "(", ". ", '." ', ".) ",
-    "\u3002", "\uff01", "\uff1f", "\u65e5\u672c\u8a9e", "\u6587\u7ae0", "\u00e9", "e\u0301", "\ufb01", "\u2460", "\uff76",
-    "\u00a8", "\U0001f642", "<s>", "</s>", "<mask>", "word ", "Word. ", "x" * 40, "\u2581", "``", "''",
+    " ",
+    " ",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\n \n",
+    "\t",
+    "\r",
+    "\f",
+    "\x0b",
+    "\x1c",
+    "\x85",
+    "\u00a0",
+    "\u2028",
+    "\u3000",
+    ".",
+    "!",
+    "?",
+    ",",
+    "-",
+    "\u2026",
+    '"',
+    "'",
+    ")",
+    "]",
+    "\u201d",
+    "\u2019",
+    "(",
+    ". ",
+    '." ',
+    ".) ",
+    "\u3002",
+    "\uff01",
+    "\uff1f",
+    "\u65e5\u672c\u8a9e",
+    "\u6587\u7ae0",
+    "\u00e9",
+    "e\u0301",
+    "\ufb01",
+    "\u2460",
+    "\uff76",
+    "\u00a8",
+    "\U0001f642",
+    "<s>",
+    "</s>",
+    "<mask>",
+    "word ",
+    "Word. ",
+    "x" * 40,
+    "\u2581",
+    "``",
+    "''",
 ]
 
 
@@ -255,13 +327,25 @@ def random_document(rng: random.Random, pieces: list[str] = _PIECES) -> Document
     elif kind == "noise":
         text = noise(rng, rng.randint(0, 1500), pieces)
     elif kind == "mixed":
-        text = "".join(prose(rng, rng.randint(1, 4)) + noise(rng, rng.randint(1, 40), pieces) for _ in range(rng.randint(1, 8)))
+        text = "".join(
+            prose(rng, rng.randint(1, 4)) + noise(rng, rng.randint(1, 40), pieces) for _ in range(rng.randint(1, 8))
+        )
     elif kind == "cjk":
-        text = "".join(rng.choice(["\u6587\u7ae0\u3067\u3059", "\u3002", "\u65e5\u672c\u8a9e", "\uff01", " ", "\n", "abc"]) for _ in range(rng.randint(10, 700)))
+        text = "".join(
+            rng.choice(["\u6587\u7ae0\u3067\u3059", "\u3002", "\u65e5\u672c\u8a9e", "\uff01", " ", "\n", "abc"])
+            for _ in range(rng.randint(10, 700))
+        )
     else:
-        text = " ".join(rng.choice(["a" * rng.randint(1, 300), "word", "-" * rng.randint(1, 90), "\n\n"]) for _ in range(rng.randint(5, 60)))
+        text = " ".join(
+            rng.choice(["a" * rng.randint(1, 300), "word", "-" * rng.randint(1, 90), "\n\n"])
+            for _ in range(rng.randint(5, 60))
+        )
     cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 8))))
-    sections = [Section(a, b, (f"h{i}",)) for i, (a, b) in enumerate(zip(cuts, cuts[1:])) if i % 2 == 0 or rng.random() < 0.3]
+    sections = [
+        Section(a, b, (f"h{i}",))
+        for i, (a, b) in enumerate(itertools.pairwise(cuts))
+        if i % 2 == 0 or rng.random() < 0.3
+    ]
     if rng.random() < 0.2:
         # Documents from custom extractors may break the rules: sections overlapping or past the end.
         sections.append(Section(rng.randint(0, len(text)), len(text) + rng.randint(0, 50), ("loose",)))
@@ -318,7 +402,7 @@ def test_boundaries_match_the_patterns(seed):
     text = noise(rng, rng.randint(0, 400)) if seed % 2 else prose(rng, 3) + noise(rng, 50)
     cuts = [0, *sorted({m.end() for m in chunking._CUT.finditer(text) if rng.random() < 0.2}), len(text)]
     got = [[] for _ in range(4)]
-    for x, y in zip(cuts, cuts[1:]):
+    for x, y in itertools.pairwise(cuts):
         for level, found in enumerate(got):
             found += _scan_boundaries(text, x, y, level).tolist()
     want = [[m.end() for m in p.finditer(text)] for p in (_O_PARAGRAPH, _O_SENTENCE, _O_LINE, _O_WORD)]

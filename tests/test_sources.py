@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from source_files import make_docx, make_pdf
 
 from m3ingest.sources import (
     Document,
@@ -20,14 +21,13 @@ from m3ingest.sources import (
     SourceFile,
     content_hash,
     extract,
+    extractors,
     glob_match,
     read_bytes,
     register_extractor,
     supported_suffixes,
     walk,
 )
-from m3ingest.sources import extractors
-from source_files import make_docx, make_pdf
 
 DOCS = Path(__file__).parent / "fixtures" / "docs"
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -108,7 +108,12 @@ def test_walk_include_and_exclude_globs(tmp_path):
     assert ids(walk(tmp_path, include=["docs/**/*.md"])) == ["docs/b.md", "docs/deep/c.md"]
     assert ids(walk(tmp_path, include=["docs/**"])) == ["docs/b.md", "docs/deep/c.md", "docs/deep/d.txt"]
     assert ids(walk(tmp_path, exclude=["drafts/**", "build", "*.txt"])) == ["a.md", "docs/b.md", "docs/deep/c.md"]
-    assert ids(walk(tmp_path, include=["**/*.md"], exclude=["docs/deep"])) == ["a.md", "build/f.md", "docs/b.md", "drafts/e.md"]
+    assert ids(walk(tmp_path, include=["**/*.md"], exclude=["docs/deep"])) == [
+        "a.md",
+        "build/f.md",
+        "docs/b.md",
+        "drafts/e.md",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -363,7 +368,9 @@ def run_without_root_powers(code: str) -> str:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root and setpriv (util-linux) is missing: mode 000 would not stop reads")
         command = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *command]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True, cwd=Path(__file__).parents[1])
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, check=True, cwd=Path(__file__).parents[1]
+    )
     return done.stdout
 
 
@@ -416,7 +423,7 @@ def test_very_long_single_line(tmp_path):
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "data.xyz"
     path.write_text("x")
-    with pytest.raises(ExtractionError, match="unsupported file type '.xyz'"):
+    with pytest.raises(ExtractionError, match=r"unsupported file type '\.xyz'"):
         extract(path)
 
 
@@ -473,7 +480,10 @@ def test_every_registered_type_gives_real_text(tmp_path):
     install: trafilatura needs lxml_html_clean for HTML since lxml 5.2)."""
     sentence = "Hybrid retrieval ranks chunks by dense and sparse scores together."
     paragraphs = "".join(f"<p>{sentence} Paragraph {i} adds a little more context to the page.</p>" for i in range(12))
-    page = f"<html><head><title>Search</title></head><body><nav>Home | About</nav><article><h1>Search</h1>{paragraphs}</article></body></html>"
+    page = (
+        "<html><head><title>Search</title></head><body><nav>Home | About</nav>"
+        f"<article><h1>Search</h1>{paragraphs}</article></body></html>"
+    )
     files = {
         ".txt": sentence,
         ".md": f"# Search\n\n{sentence}\n",

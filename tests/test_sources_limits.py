@@ -12,9 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from source_files import make_docx, make_pdf
 
 from m3ingest.sources import ExtractionError, Limits, extract, read_bytes, read_source
-from source_files import make_docx, make_pdf
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -97,7 +97,9 @@ def test_a_file_that_grows_past_the_limit_while_read(tmp_path):
     if not status.exists():
         pytest.skip("needs /proc")
     assert b"Name:" in read_bytes(status)
-    with pytest.raises(ExtractionError, match=r"grew while being read to more than 64 bytes, over sources.max_file_bytes \(64 bytes\)"):
+    with pytest.raises(
+        ExtractionError, match=r"grew while being read to more than 64 bytes, over sources.max_file_bytes \(64 bytes\)"
+    ):
         read_bytes(status, limit=64)
 
 
@@ -116,13 +118,15 @@ def test_text_over_max_text_chars(tmp_path):
 
 def test_pdf_text_is_counted_page_by_page(tmp_path):
     pdf = make_pdf(tmp_path / "pages.pdf", [f"Page {i} says something about vectors." for i in range(30)])
-    with pytest.raises(ExtractionError, match=r"has more than 100 characters of text, over sources.max_text_chars \(100\)"):
+    with pytest.raises(
+        ExtractionError, match=r"has more than 100 characters of text, over sources.max_text_chars \(100\)"
+    ):
         extract(pdf, limits=Limits(max_text_chars=100))
     assert "Page 29" in extract(pdf).text
 
 
 def test_limits_are_checked():
-    with pytest.raises(ValueError, match="sources.max_file_bytes must be at least 1"):
+    with pytest.raises(ValueError, match=r"sources\.max_file_bytes must be at least 1"):
         Limits(max_file_bytes=0)
 
 
@@ -156,7 +160,9 @@ def test_docx_that_inflates_past_the_limit_is_refused_before_inflating(tmp_path)
     bomb = docx_with_body(tmp_path / "bomb.docx", 4_000_000)
     assert bomb.stat().st_size < 5 * MB
     reason, grown = peak_growth_mib(reason_in_child(bomb))
-    assert reason.startswith("inflates to ") and reason.endswith(", over sources.max_file_bytes (100.0 MB); raise it to ingest this file")
+    assert reason.startswith("inflates to ") and reason.endswith(
+        ", over sources.max_file_bytes (100.0 MB); raise it to ingest this file"
+    )
     assert float(reason.split()[2]) > 200
     assert grown < 64
 

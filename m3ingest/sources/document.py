@@ -70,13 +70,15 @@ def too_much_text(chars: int, limit: int, more: bool = False) -> str:
     return f"has {count} characters of text, over sources.max_text_chars ({limit:,}); raise it to ingest this file"
 
 
-_LIMITS: ContextVar[Limits] = ContextVar("m3ingest_source_limits", default=Limits())
+#: The limits when none are given.
+DEFAULT_LIMITS = Limits()
+_LIMITS: ContextVar[Limits] = ContextVar("m3ingest_source_limits")
 
 
 def current_limits() -> Limits:
     """The limits of the extraction under way (what ``extract`` was given), for extractors that
     must check them before spending memory."""
-    return _LIMITS.get()
+    return _LIMITS.get(DEFAULT_LIMITS)
 
 
 @contextmanager

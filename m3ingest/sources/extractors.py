@@ -9,7 +9,16 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .document import Document, ExtractionError, Limits, limits_in_force, sections_from_starts, too_big, too_much_text
+from .document import (
+    DEFAULT_LIMITS,
+    Document,
+    ExtractionError,
+    Limits,
+    limits_in_force,
+    sections_from_starts,
+    too_big,
+    too_much_text,
+)
 from .formats import extract_docx, extract_html, extract_pdf
 from .structure import markdown_sections, rst_sections
 from .text import SNIFF_BYTES, BinaryContent, decode_text, sniff_binary
@@ -60,7 +69,7 @@ def read_bytes(path: str | os.PathLike[str], limit: int | None = Limits.max_file
     return _read(Path(path), limit, sniff=False)
 
 
-def read_source(path: str | os.PathLike[str], limits: Limits = Limits()) -> tuple[bytes, str]:
+def read_source(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, str]:
     """The bytes of a source file and their ``content_hash``, read once within ``limits``.
 
     Like ``read_bytes``, and a file of a plain-text type (``.txt``, ``.md``, ``.rst``) whose
@@ -85,7 +94,13 @@ def _read(path: Path, limit: int | None, sniff: bool) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a special file"
+            kind = (
+                "a directory"
+                if stat.S_ISDIR(st.st_mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a special file"
+            )
             raise ExtractionError(path, f"not a regular file ({kind})")
         if limit is not None and st.st_size > limit:
             raise ExtractionError(path, too_big(st.st_size, limit))
@@ -110,7 +125,7 @@ def _read(path: Path, limit: int | None, sniff: bool) -> bytes:
     return data
 
 
-def extract(path: str | os.PathLike[str], data: bytes | None = None, limits: Limits = Limits()) -> Document:
+def extract(path: str | os.PathLike[str], data: bytes | None = None, limits: Limits = DEFAULT_LIMITS) -> Document:
     """The text of ``path`` by its suffix's extractor; ``data`` is the file's bytes if already read.
 
     Raises ``ExtractionError(path, reason)`` for any bad input: unsupported type, unreadable,
@@ -120,7 +135,9 @@ def extract(path: str | os.PathLike[str], data: bytes | None = None, limits: Lim
     path = Path(path)
     func = _REGISTRY.get(path.suffix.lower())
     if func is None:
-        raise ExtractionError(path, f"unsupported file type {path.suffix or '(no suffix)'!r}; supported: {', '.join(sorted(_REGISTRY))}")
+        raise ExtractionError(
+            path, f"unsupported file type {path.suffix or '(no suffix)'!r}; supported: {', '.join(sorted(_REGISTRY))}"
+        )
     if data is None:
         data = read_source(path, limits)[0]
     elif len(data) > limits.max_file_bytes:

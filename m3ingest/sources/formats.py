@@ -74,7 +74,9 @@ def extract_html(path: Path, data: bytes) -> Document:
             if el.tag == "list":
                 block = "\n".join(_clean("".join(item.itertext())) for item in el.iter("item"))
             elif el.tag == "table":
-                block = "\n".join(" | ".join(_clean("".join(c.itertext())) for c in row.iter("cell")) for row in el.iter("row"))
+                block = "\n".join(
+                    " | ".join(_clean("".join(c.itertext())) for c in row.iter("cell")) for row in el.iter("row")
+                )
             else:
                 block = _clean("".join(el.itertext()))
             if el.tag == "head":
@@ -215,7 +217,9 @@ def extract_pdf(path: Path, data: bytes) -> Document:
     except ExtractionError:
         raise
     except LimitReachedError as e:
-        raise ExtractionError(path, f"a stream in this PDF inflates past pypdf's safety limit ({e}); it is not read") from None
+        raise ExtractionError(
+            path, f"a stream in this PDF inflates past pypdf's safety limit ({e}); it is not read"
+        ) from None
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as e:
         raise ExtractionError(path, f"corrupt PDF: {e or type(e).__name__}") from None
     text = "\n\n".join(p for p in pages if p)
@@ -248,7 +252,9 @@ def extract_docx(path: Path, data: bytes) -> Document:
         raise ExtractionError(path, f"corrupt DOCX: {e}") from None
     odd = sorted({m.compress_type for m in members} - {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
     if odd:
-        raise ExtractionError(path, f"not a DOCX: members compressed with method {', '.join(map(str, odd))} (Word uses deflate)")
+        raise ExtractionError(
+            path, f"not a DOCX: members compressed with method {', '.join(map(str, odd))} (Word uses deflate)"
+        )
     limit = current_limits().max_file_bytes
     inflated = sum(m.file_size for m in members)
     if inflated > limit:

@@ -52,7 +52,9 @@ def _decoded(data: bytes) -> tuple[str, str]:
             try:
                 return str(memoryview(data)[len(bom) :], encoding), encoding
             except UnicodeDecodeError as e:
-                raise BinaryContent(f"starts with a {encoding} byte order mark but is not {encoding}: {e.reason}") from None
+                raise BinaryContent(
+                    f"starts with a {encoding} byte order mark but is not {encoding}: {e.reason}"
+                ) from None
     if b"\x00" in data:
         raise BinaryContent("binary content (NUL bytes)")
     try:
