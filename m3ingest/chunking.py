@@ -303,10 +303,9 @@ class _Plan:
         return out
 
     def _encode_all(self, texts: list[str]) -> list[Encoding]:
-        # A few short texts: the batch call's thread pool costs more than it saves.
-        if len(texts) < 10**9:
-            return [self.backend.encode(t) for t in texts]
-        return self.backend.encode_batch(texts)
+        # One by one: the texts are short (a chunk's first or last words, or a short chunk), and
+        # documents are chunked side by side, so a thread pool per call would only add its cost.
+        return [self.backend.encode(t) for t in texts]
 
     def _joined(self, a: int, e: int, tail_at: int, head: Encoding, tail: Encoding) -> list[int] | None:
         """The ids of ``text[a:e]`` from its head's tokens, the document's and its tail's, or None.
@@ -334,10 +333,12 @@ def _probe(enc: Encoding, pre: int, post: int) -> tuple[list[int], list[tuple[in
     ends. None if it has fewer than three words."""
     stop = len(enc.ids) - post
     words = enc.word_ids[pre:stop]
-    firsts = [k for k in range(1, len(words)) if words[k] is None or words[k] != words[k - 1]]
-    if len(firsts) < 2:
+    n = len(words)
+    second = next((k for k in range(1, n) if words[k] is None or words[k] != words[k - 1]), n)
+    last = next((k for k in range(n - 1, second, -1) if words[k] is None or words[k] != words[k - 1]), second)
+    if last <= second:
         return None
-    return enc.ids[pre:stop], enc.offsets[pre:stop], firsts[0], firsts[-1]
+    return enc.ids[pre:stop], enc.offsets[pre:stop], second, last
 
 
 class _Window:
@@ -404,23 +405,12 @@ class _Tokens:
 
     def agreeing(self, at: int, ids: list[int], offsets: list[tuple[int, int]], k: int, m: int) -> int | None:
         """The number of the token where a probe's token ``k`` starts, if the document's tokens
-        from there are the probe's ``k:m`` (ids and start offsets, the probe's counted from
-        ``at``) followed by one that starts where the probe's ``m`` does; else None."""
-        i = self.index(at + offsets[k][0])
+        from there have the ids of the probe's ``k:m`` and the next one starts where the probe's
+        ``m`` does (the probe's offsets counted from ``at``); else None."""
+        pos = at + offsets[k][0]
+        i = self.index(pos)
         n = m - k
-        if self.start(i + n) is None:
-            return None
-        w = self._holding(i)
-        lo = w.lo + i - w.first
-        if lo + n < w.hi:
-            shift = at - w.at
-            if w.ids[lo : lo + n] != ids[k:m] or [x for x, _ in w.offsets[lo : lo + n + 1]] != [
-                x + shift for x, _ in offsets[k : m + 1]
-            ]:
-                return None
-        elif self.ids_between(i, i + n) != ids[k:m] or [self.start(i + q) for q in range(n + 1)] != [
-            at + x for x, _ in offsets[k : m + 1]
-        ]:
+        if self.start(i + n) != at + offsets[m][0] or self.start_of(i) != pos or self.ids_between(i, i + n) != ids[k:m]:
             return None
         return i
 
