@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from collections.abc import Sequence
@@ -84,10 +83,10 @@ class LazyEncoder:
         return AutoTokenizer.from_pretrained(self.path)
 
     def chunker(self, chunk_size: int, overlap: int) -> Chunker:
-        """A chunker with a private tokenizer (fast tokenizers must not be shared by threads)."""
+        """A chunker with the model's tokenizer (one chunker may serve several threads)."""
         from m3ingest.chunking import Chunker
 
-        return Chunker(copy.deepcopy(self.tokenizer), chunk_size=chunk_size, overlap=overlap)
+        return Chunker(self.tokenizer, chunk_size=chunk_size, overlap=overlap)
 
     @property
     def encoder(self) -> M3Encoder:
@@ -105,10 +104,7 @@ class LazyEncoder:
     def load(self, weights: bool = True) -> None:
         """Get the checkpoint now (its config; with ``weights`` the whole model), so that a
         model that cannot be had fails here rather than mid-run."""
-        if weights:
-            self.encoder
-        else:
-            self.dim
+        _ = self.encoder if weights else self.dim
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]], **kwargs: Any) -> M3Output:
         return self.encoder.encode_ids(token_ids, **kwargs)
@@ -139,5 +135,5 @@ def encode_entries(
             sparse=out.sparse[i],
             colbert=out.colbert[i] if colbert and out.colbert is not None else None,
         )
-        for i, (e, source) in enumerate(zip(entries, sources))
+        for i, (e, source) in enumerate(zip(entries, sources, strict=True))
     ]

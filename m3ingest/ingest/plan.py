@@ -1,14 +1,17 @@
 """The plan stage: read, extract and chunk one new or changed file, and decide what its chunks need.
 
 Both executors run ``prepare`` per file, in threads, processes or Ray tasks, so it takes only what
-pickles cheaply: the file, its record, ``PlanSettings`` and a chunker.
+pickles cheaply: the file, its record, ``PlanSettings`` and a chunker. What it returns crosses back
+packed (``pack`` / ``unpack``): the receiver already has the file and its record.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from m3ingest.ids import chunk_id, text_hash
 from m3ingest.records import SourceRecord
@@ -93,7 +96,7 @@ class Failed:
     source_id: str
 
 
-Prepared = Union[Plan, Unchanged, Failed]
+Prepared = Plan | Unchanged | Failed
 
 
 def unchanged(held: SourceRecord | None, f: SourceFile) -> bool:
@@ -135,7 +138,64 @@ def _entries(
     for c in chunks:
         h = text_hash(c.text)
         seen[h] = seen.get(h, -1) + 1
-        metadata = {**base, "headings": list(c.headings)}
+        metadata = _metadata(base, c.headings)
         signature = text_hash(json.dumps([c.index, c.start, c.end, metadata], sort_keys=True, default=str))
         entries.append(Entry(chunk_id(settings.collection, f.source_id, h, seen[h]), c, h, metadata, signature))
     return entries
+
+
+def _metadata(base: dict[str, Any], headings: tuple[str, ...]) -> dict[str, Any]:
+    """A chunk's metadata: the settings' and the document's, and its heading path."""
+    return {**base, "headings": list(headings)}
+
+
+@dataclass
+class PackedPlan:
+    """A ``Plan`` without its file and record, in a form that pickles and unpickles fast: plain
+    tuples, and every chunk's token ids in one array (lists of ints unpickle slowly)."""
+
+    content_hash: str
+    #: The metadata every chunk shares (the settings' and the document's).
+    base: dict[str, Any]
+    #: Per chunk: id, index, text, start, end, headings, content hash, signature.
+    rows: list[tuple[str, int, str, int, int, tuple[str, ...], str, str]]
+    token_ids: np.ndarray
+    #: Where each chunk's token ids end in ``token_ids``.
+    ends: np.ndarray
+
+    def plan(self, f: SourceFile, held: SourceRecord | None) -> Plan:
+        """The plan of ``f`` (whose record is ``held``), classified."""
+        from m3ingest.chunking import Chunk
+
+        ids = self.token_ids.tolist()
+        entries = []
+        start = 0
+        for (cid, index, text, s, e, headings, h, signature), end in zip(self.rows, self.ends.tolist(), strict=True):
+            chunk = Chunk(index, text, s, e, headings, ids[start:end])
+            entries.append(Entry(cid, chunk, h, _metadata(self.base, headings), signature))
+            start = end
+        plan = Plan(f, self.content_hash, entries, dict(held.chunks) if held else {}, held is None)
+        plan.classify()
+        return plan
+
+
+def pack(result: Prepared) -> PackedPlan | Unchanged | Failed:
+    """``result`` ready to cross a process boundary."""
+    if not isinstance(result, Plan):
+        return result
+    # Chunks differ only in their headings; those replace any the document's metadata had.
+    base = {k: v for k, v in result.entries[0].metadata.items() if k != "headings"} if result.entries else {}
+    lengths = [len(e.chunk.token_ids) for e in result.entries]
+    token_ids = np.fromiter(
+        (t for e in result.entries for t in e.chunk.token_ids), np.int32, sum(lengths)
+    )
+    rows = [
+        (e.id, e.chunk.index, e.chunk.text, e.chunk.start, e.chunk.end, e.chunk.headings, e.content_hash, e.signature)
+        for e in result.entries
+    ]
+    return PackedPlan(result.content_hash, base, rows, token_ids, np.cumsum(lengths, dtype=np.int64))
+
+
+def unpack(packed: PackedPlan | Prepared, f: SourceFile, held: SourceRecord | None) -> Prepared:
+    """The ``Prepared`` that ``pack`` packed (or was never packed), for ``f`` whose record is ``held``."""
+    return packed.plan(f, held) if isinstance(packed, PackedPlan) else packed
