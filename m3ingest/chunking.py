@@ -40,7 +40,8 @@ _WINDOW = 1 << 17
 # Characters scanned for boundaries at once; below _SCAN_SMALL with the patterns themselves; how
 # far back a scan may start before the first position asked for.
 _SCAN, _SCAN_SMALL, _SCAN_BACK = 1 << 16, 1 << 11, 1 << 8
-# Characters two consecutive windows share; their tokens must agree there to be joined.
+# Consecutive windows share 2 * _MARGIN characters (more when they disagree); they are joined
+# where both give the same tokens, at least _MARGIN / 2 from either cut.
 _MARGIN = 1 << 10
 # A window that cannot be joined to the next grows up to this many characters before it is cut
 # regardless (only text without whitespace over that length, read as one piece, gets there).
