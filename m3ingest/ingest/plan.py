@@ -16,6 +16,8 @@ import numpy as np
 from m3ingest.ids import chunk_id, text_hash
 from m3ingest.records import SourceRecord
 
+from m3ingest.sources.document import DEFAULT_LIMITS, Limits
+
 if TYPE_CHECKING:
     from m3ingest.chunking import Chunk, Chunker
     from m3ingest.config import Config
@@ -28,11 +30,15 @@ class PlanSettings:
 
     collection: str
     metadata: dict[str, Any]
+    #: What one file may cost (``sources.max_file_bytes``, ``sources.max_text_chars``).
+    limits: Limits = DEFAULT_LIMITS
 
     @classmethod
     def from_config(cls, config: Config, collection: str) -> PlanSettings:
         """The settings for files ingested into ``collection`` (a version's own name)."""
-        return cls(collection, dict(config.sources.metadata))
+        s = config.sources
+        limits = Limits(max_file_bytes=s.max_file_bytes, max_text_chars=s.max_text_chars)
+        return cls(collection, dict(s.metadata), limits)
 
 
 @dataclass
@@ -111,15 +117,15 @@ def unchanged(held: SourceRecord | None, f: SourceFile) -> bool:
 def prepare(
     f: SourceFile, held: SourceRecord | None, settings: PlanSettings, chunker: Chunker
 ) -> Prepared:
-    """Read, extract and chunk a new or changed file, and classify its chunks."""
-    from m3ingest.sources import ExtractionError, content_hash, extract, read_bytes
+    """Read, extract and chunk a new or changed file within ``settings.limits``, and classify its
+    chunks; a file past a limit fails, naming the setting to raise."""
+    from m3ingest.sources import ExtractionError, extract, read_source
 
     try:
-        data = read_bytes(f.path)
-        digest = content_hash(data)
+        data, digest = read_source(f.path, settings.limits)
         if held is not None and held.content_hash == digest:
             return Unchanged(f)
-        doc = extract(f.path, data)
+        doc = extract(f.path, data, settings.limits)
         del data
         chunks = chunker.chunk(doc)
     except ExtractionError as e:
