@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from m3ingest.errors import ConfigError
+from m3ingest.sources.document import DEFAULT_LIMITS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,7 +55,6 @@ ENV_PREFIX = "M3INGEST_"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: Collection names both engines accept (Milvus is the stricter), leaving room for ``__v<N>``.
 _COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
-MIB = 2**20
 
 #: Flat names (CLI options and keyword arguments of the library functions) -> the setting each sets.
 OPTIONS: dict[str, str] = {
@@ -149,9 +149,9 @@ class SourcesConfig(_Section):
     #: Follow links whose target lies outside the ingest root (off: they are reported, skipped).
     follow_links_outside_root: bool = False
     #: Largest file read, in bytes (for archives such as .docx: also their inflated size).
-    max_file_bytes: int = Field(100 * MIB, ge=1)
+    max_file_bytes: int = Field(DEFAULT_LIMITS.max_file_bytes, ge=1)
     #: Most characters of text one file may give after extraction.
-    max_text_chars: int = Field(50_000_000, ge=1)
+    max_text_chars: int = Field(DEFAULT_LIMITS.max_text_chars, ge=1)
     #: Extra metadata stored with every chunk of this job.
     metadata: dict[str, Any] = Field(default_factory=dict)
 

@@ -125,9 +125,12 @@ def test_pdf_text_is_counted_page_by_page(tmp_path):
     assert "Page 29" in extract(pdf).text
 
 
-def test_limits_are_checked():
-    with pytest.raises(ValueError, match=r"sources\.max_file_bytes must be at least 1"):
-        Limits(max_file_bytes=0)
+def test_limits_are_checked_where_they_are_set():
+    from m3ingest.config import ConfigError, load_config
+
+    for name in ("max_file_bytes", "max_text_chars"):
+        with pytest.raises(ConfigError, match=rf"sources\.{name}: Input should be greater than or equal to 1"):
+            load_config(overrides={"sources": {name: 0}}, env={})
 
 
 # --- archives ------------------------------------------------------------------------------------

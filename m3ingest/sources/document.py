@@ -48,11 +48,6 @@ class Limits:
     max_file_bytes: int = 100 * _MB
     max_text_chars: int = 100 * _MB
 
-    def __post_init__(self) -> None:
-        for name in ("max_file_bytes", "max_text_chars"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sources.{name} must be at least 1, got {getattr(self, name)}")
-
 
 def megabytes(n: int) -> str:
     """``n`` bytes in words: "210.0 MB" (MB of 2**20 bytes), or "512 bytes" below a tenth of one."""
