@@ -74,8 +74,10 @@ class Chunker:
     """
 
     def __init__(self, tokenizer: Any, chunk_size: int = 512, overlap: int = 64) -> None:
-        if chunk_size < 8:
-            raise ValueError(f"chunk_size must be at least 8 tokens, got {chunk_size}")
+        from m3ingest.config import MIN_CHUNK_SIZE
+
+        if chunk_size < MIN_CHUNK_SIZE:
+            raise ValueError(f"chunk_size must be at least {MIN_CHUNK_SIZE} tokens, got {chunk_size}")
         if not 0 <= overlap < chunk_size:
             raise ValueError(f"overlap must be between 0 and chunk_size - 1 ({chunk_size - 1}), got {overlap}")
         backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -55,6 +55,8 @@ ENV_PREFIX = "M3INGEST_"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: Collection names both engines accept (Milvus is the stricter), leaving room for ``__v<N>``.
 _COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
+#: The fewest tokens a chunk may hold (the chunker's own bound, checked here once).
+MIN_CHUNK_SIZE = 8
 
 #: Flat names (CLI options and keyword arguments of the library functions) -> the setting each sets.
 OPTIONS: dict[str, str] = {
@@ -128,7 +130,7 @@ class ModelConfig(_Section):
 class ChunkingConfig(_Section):
     """Token-aware chunking with the M3 tokenizer."""
 
-    chunk_size: int = Field(512, ge=16, le=8192)
+    chunk_size: int = Field(512, ge=MIN_CHUNK_SIZE, le=8192)
     overlap: int = Field(64, ge=0)
 
     @field_validator("overlap")
