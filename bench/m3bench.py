@@ -10,6 +10,7 @@ import ast
 import importlib
 import importlib.machinery
 import importlib.util
+import math
 import os
 import random
 import sys
@@ -32,7 +33,7 @@ def load_m3_embedder() -> Any | None:
     spec = importlib.util.find_spec("FlagEmbedding")
     if spec is None or not spec.submodule_search_locations:
         return None
-    root = list(spec.submodule_search_locations)[0]
+    root = next(iter(spec.submodule_search_locations))
     if importlib.util.find_spec("datasets") is None:
         # Imported at module level by its fine-tuning code, never used for inference.
         placeholder = types.ModuleType("datasets")
@@ -86,6 +87,79 @@ def mixed_corpus(n: int, tokenizer: Any, seed: int = 0, long_tokens: int = 1500)
     return texts
 
 
+def _paragraphs(path: Path) -> list[str]:
+    """Blank-line separated paragraphs of a text file that are mostly prose (letters and spaces)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for block in text.split("\n\n"):
+        block = " ".join(block.split())
+        if len(block) >= 40 and sum(c.isalpha() or c == " " for c in block) >= 0.8 * len(block):
+            out.append(block)
+    return out
+
+
+def real_corpus(n: int, seed: int = 0, min_chars: int = 60, max_chars: int = 4000) -> list[str]:
+    """``n`` real English texts of ``min_chars`` to ``max_chars`` characters (log-uniform).
+
+    Cut from consecutive prose paragraphs of this repository's docs and README and of the text
+    files under /usr/share/doc (READMEs, guides), at word boundaries.
+    """
+    files = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
+    doc = Path("/usr/share/doc")
+    if doc.is_dir():
+        files += sorted(
+            p
+            for p in doc.rglob("*")
+            if p.is_file() and (p.suffix in (".md", ".txt") or p.name.startswith("README")) and p.suffix != ".gz"
+        )
+    paragraphs = [para for f in files for para in _paragraphs(f)]
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        target = int(math.exp(rng.uniform(math.log(min_chars), math.log(max_chars))))
+        start = rng.randrange(len(paragraphs))
+        text = paragraphs[start]
+        while len(text) < target and start + 1 < len(paragraphs):
+            start += 1
+            text += " " + paragraphs[start]
+        cut = text[:target].rsplit(" ", 1)[0] if len(text) > target else text
+        texts.append(cut if len(cut) >= min_chars else text[:target])
+    return texts
+
+
+def texts_of_lengths(lengths: Sequence[int], tokenizer: Any, seed: int = 0) -> list[str]:
+    """Stdlib-prose texts of about ``lengths`` tokens each (by the corpus' tokens per word)."""
+    rng = random.Random(seed)
+    words = " ".join(_prose()).split(" ")
+    sample = " ".join(words[:2000])
+    tokens_per_word = len(tokenizer(sample, add_special_tokens=False, verbose=False)["input_ids"]) / 2000
+    texts = []
+    for length in lengths:
+        size = max(1, int((length - 2) / tokens_per_word))
+        start = rng.randrange(0, len(words) - size)
+        texts.append(" ".join(words[start : start + size]))
+    return texts
+
+
+def chunk_mix(n: int, tokenizer: Any, seed: int = 0, size: int = 512) -> list[str]:
+    """An ingest's chunks: 70% full ``size``-token chunks, 30% document tails of 16 to ``size``."""
+    rng = random.Random(seed)
+    lengths = [2 * size if rng.random() < 0.7 else rng.randint(16, size) for _ in range(n)]
+    return texts_of_lengths(lengths, tokenizer, seed)
+
+
+def long_mix(tokens: int, tokenizer: Any, seed: int = 0, longest: int = 8192) -> list[str]:
+    """Texts of log-normal lengths (median ~700 tokens, 16 to ``longest``), ``tokens`` in all."""
+    rng = random.Random(seed)
+    lengths: list[int] = []
+    while sum(lengths) < tokens:
+        lengths.append(min(longest, max(16, int(rng.lognormvariate(6.5, 1.0)))))
+    return texts_of_lengths(lengths, tokenizer, seed)
+
+
 def model_flops(lengths: Sequence[int], config: Any, colbert_dim: int | None = None) -> float:
     """Multiply-add FLOPs of the model's matrix work on unpadded inputs of these lengths."""
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -137,13 +211,11 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 def compare(dense_a, sparse_a, dense_b, sparse_b, top: int = 10) -> dict[str, float]:
     """How far two runs' outputs are apart: dense cosine and max difference, sparse agreement."""
     dense_a, dense_b = np.asarray(dense_a, np.float32), np.asarray(dense_b, np.float32)
-    cos = (dense_a * dense_b).sum(1) / (
-        np.linalg.norm(dense_a, axis=1) * np.linalg.norm(dense_b, axis=1)
-    )
-    same_keys = sum({int(k) for k in a} == {int(k) for k in b} for a, b in zip(sparse_a, sparse_b))
+    cos = (dense_a * dense_b).sum(1) / (np.linalg.norm(dense_a, axis=1) * np.linalg.norm(dense_b, axis=1))
+    same_keys = sum({int(k) for k in a} == {int(k) for k in b} for a, b in zip(sparse_a, sparse_b, strict=True))
     worst = 0.0
     same_top = 0
-    for a, b in zip(sparse_a, sparse_b):
+    for a, b in zip(sparse_a, sparse_b, strict=True):
         a = {int(k): float(v) for k, v in a.items()}
         b = {int(k): float(v) for k, v in b.items()}
         worst = max([worst] + [abs(a[k] - b[k]) for k in a.keys() & b.keys()])

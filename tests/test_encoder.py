@@ -31,7 +31,7 @@ def _reference(max_length: int) -> tuple[np.ndarray, list[dict[int, float]], lis
     ref = np.load(FIXTURES / f"tiny-m3-reference-{max_length}.npz")
     n = ref["dense"].shape[0]
     sparse: list[dict[int, float]] = [{} for _ in range(n)]
-    for row, token, weight in zip(ref["sparse_row"], ref["sparse_id"], ref["sparse_weight"]):
+    for row, token, weight in zip(ref["sparse_row"], ref["sparse_id"], ref["sparse_weight"], strict=True):
         sparse[int(row)][int(token)] = float(weight)
     offsets = ref["colbert_offsets"]
     colbert = [ref["colbert"][offsets[i] : offsets[i + 1]] for i in range(n)]
@@ -41,10 +41,10 @@ def _reference(max_length: int) -> tuple[np.ndarray, list[dict[int, float]], lis
 def _assert_same(a, b, atol: float = 1e-5) -> None:
     np.testing.assert_allclose(a.dense, b.dense, atol=atol, rtol=0)
     assert [sorted(x) for x in a.sparse] == [sorted(y) for y in b.sparse]
-    for x, y in zip(a.sparse, b.sparse):
+    for x, y in zip(a.sparse, b.sparse, strict=True):
         np.testing.assert_allclose([x[k] for k in sorted(x)], [y[k] for k in sorted(y)], atol=atol)
     assert [c.shape for c in a.colbert] == [c.shape for c in b.colbert]
-    for x, y in zip(a.colbert, b.colbert):
+    for x, y in zip(a.colbert, b.colbert, strict=True):
         np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
@@ -66,11 +66,11 @@ def test_outputs_equal_flagembedding_reference(encoders, texts, max_length, shap
     assert out.dense.dtype == np.float32 and out.dense.shape == dense.shape
     np.testing.assert_allclose(out.dense, dense, atol=1e-5, rtol=0)
     assert [sorted(s) for s in out.sparse] == [sorted(s) for s in sparse]
-    for got, want in zip(out.sparse, sparse):
+    for got, want in zip(out.sparse, sparse, strict=True):
         for token, weight in want.items():
             assert abs(got[token] - weight) <= 1e-5
     assert len(out.colbert) == len(colbert)
-    for got, want in zip(out.colbert, colbert):
+    for got, want in zip(out.colbert, colbert, strict=True):
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     # The empty and whitespace-only texts are <s></s>: no lexical weights, one ColBERT row (EOS).
@@ -157,7 +157,7 @@ def test_missing_head_file_is_named_and_dense_still_works(tmp_path, texts):
     dense, _, _ = _reference(8192)
     out = enc.encode(texts, dense=True, sparse=False)
     np.testing.assert_allclose(out.dense, dense, atol=1e-5, rtol=0)
-    with pytest.raises(CheckpointError, match="colbert_linear.pt"):
+    with pytest.raises(CheckpointError, match=r"colbert_linear\.pt"):
         enc.encode(texts, colbert=True)
 
 
@@ -165,7 +165,7 @@ def test_head_file_with_code_is_refused(tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(TINY, ckpt)
     torch.save({"weight": torch.zeros(1, 32), "run": print}, ckpt / "sparse_linear.pt")
-    with pytest.raises(CheckpointError, match="sparse_linear.pt"):
+    with pytest.raises(CheckpointError, match=r"sparse_linear\.pt"):
         M3Encoder(ckpt, device="cpu", dtype="float32")
 
 

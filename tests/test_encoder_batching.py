@@ -74,7 +74,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_order():
 
 
 def test_out_of_memory_below_the_floor_is_a_clear_error():
-    with pytest.raises(BatchTooLargeError, match="max_length or model.batch_tokens"):
+    with pytest.raises(BatchTooLargeError, match=r"max_length or model\.batch_tokens"):
         run_with_backoff(list(range(8)), _FakeDevice(capacity=0), describe=lambda b: f"{len(b)} texts")
     with pytest.raises(BatchTooLargeError):
         run_with_backoff(list(range(8)), _FakeDevice(capacity=2), min_items=4)

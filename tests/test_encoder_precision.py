@@ -59,7 +59,7 @@ def _assert_bf16_keeps_fp32_results(checkpoint: Path, texts: list[str], tie: flo
     bf16 = M3Encoder(checkpoint, device="cpu", dtype="bfloat16").encode(texts, max_length=512)
     cosine = (fp32.dense * bf16.dense).sum(axis=1)
     assert cosine.min() >= 0.999
-    for a, b in zip(fp32.sparse, bf16.sparse):
+    for a, b in zip(fp32.sparse, bf16.sparse, strict=True):
         if len(a) <= 10:
             assert set(a) == set(b)
             continue
@@ -117,8 +117,8 @@ def test_a_float16_batch_with_non_finite_outputs_is_computed_again(caplog):
         assert all(np.isfinite(list(s.values())).all() for s in out.sparse)
         assert all(np.isfinite(c).all() for c in out.colbert)
         assert (out.dense * fp32.dense).sum(axis=1).min() >= 0.999
-        for a, b in zip(out.sparse, fp32.sparse):
+        for a, b in zip(out.sparse, fp32.sparse, strict=True):
             assert set(a) == set(b)
             assert max((abs(a[k] - b[k]) for k in a), default=0.0) <= 2e-2 * max(b.values(), default=1.0)
-        for a, b in zip(out.colbert, fp32.colbert):
+        for a, b in zip(out.colbert, fp32.colbert, strict=True):
             assert (a * b).sum(axis=1).min() >= 0.99

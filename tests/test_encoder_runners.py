@@ -24,15 +24,13 @@ def texts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def eager(texts):
-    return M3Encoder(TINY, device="cpu", dtype="float32", execution="eager").encode(
-        texts, colbert=True, max_length=512
-    )
+    return M3Encoder(TINY, device="cpu", dtype="float32", execution="eager").encode(texts, colbert=True, max_length=512)
 
 
 def _assert_equal(a, b) -> None:
     np.testing.assert_array_equal(a.dense, b.dense)
     assert a.sparse == b.sparse
-    for x, y in zip(a.colbert, b.colbert):
+    for x, y in zip(a.colbert, b.colbert, strict=True):
         np.testing.assert_array_equal(x, y)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,10 @@ def test_length_buckets_are_fine_up_to_1024_then_eight_per_doubling():
     assert buckets[:4] == [16, 32, 64, 128]
     assert [b for b in buckets if b <= 1024] == [16, 32, *range(64, 1025, 64)]
     assert [b for b in buckets if 1024 < b <= 2048] == list(range(1152, 2049, 128))
-    assert [b for b in buckets if 4096 < b] == list(range(4608, 8193, 512))
+    assert [b for b in buckets if b > 4096] == list(range(4608, 8193, 512))
     assert len(buckets) == 42
     # Padding above 1024 tokens stays within one eighth of the length.
-    assert all(b / a <= 1.125 for a, b in zip(buckets, buckets[1:]) if a >= 1024)
+    assert all(b / a <= 1.125 for a, b in pairwise(buckets) if a >= 1024)
     assert length_buckets(100) == [16, 32, 64, 100]
     assert length_buckets(8) == [8]
 
@@ -43,7 +44,7 @@ def test_length_buckets_are_fine_up_to_1024_then_eight_per_doubling():
 def test_cpu_buckets_are_finer_and_keep_row_counts():
     shapes = BucketShapes.cpu(8192)
     assert shapes.buckets[:4] == [16, 32, 48, 64] and 1008 in shapes.buckets
-    assert all(b / a <= 1.0625 for a, b in zip(shapes.buckets, shapes.buckets[1:]) if a >= 1024)
+    assert all(b / a <= 1.0625 for a, b in pairwise(shapes.buckets) if a >= 1024)
     assert shapes.shape([100, 90, 7], 16384) == (3, 112)
 
 
@@ -102,9 +103,9 @@ def test_padding_to_buckets_gives_the_outputs_of_exact_lengths(encoders, texts, 
         padded = encoders[name].encode(texts, colbert=True, max_length=max_length)
         np.testing.assert_allclose(padded.dense, exact.dense, atol=1e-5, rtol=0)
         assert [sorted(s) for s in padded.sparse] == [sorted(s) for s in exact.sparse]
-        for a, b in zip(padded.sparse, exact.sparse):
+        for a, b in zip(padded.sparse, exact.sparse, strict=True):
             assert max((abs(a[k] - b[k]) for k in a), default=0.0) <= 1e-5
-        for a, b in zip(padded.colbert, exact.colbert):
+        for a, b in zip(padded.colbert, exact.colbert, strict=True):
             assert a.shape == b.shape
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 

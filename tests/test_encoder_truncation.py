@@ -125,9 +125,10 @@ def test_a_cut_after_a_space_would_change_the_ids():
     whole = tok.encode(text, add_special_tokens=False).ids
     after_space = tok.encode(text[:6], add_special_tokens=False).ids
     assert whole[: len(after_space)] != after_space
-    assert whole[: len(tok.encode(cut_text(text, 3), add_special_tokens=False).ids)] == tok.encode(
-        cut_text(text, 3), add_special_tokens=False
-    ).ids
+    assert (
+        whole[: len(tok.encode(cut_text(text, 3), add_special_tokens=False).ids)]
+        == tok.encode(cut_text(text, 3), add_special_tokens=False).ids
+    )
 
 
 def test_a_1mb_query_is_cut_before_tokenizing(recorded):

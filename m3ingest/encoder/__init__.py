@@ -25,7 +25,16 @@ _EXPORTS = {
     "m3_score": "m3ingest.encoder.scoring",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BatchTooLargeError",
+    "CheckpointError",
+    "M3Encoder",
+    "M3Output",
+    "colbert_score",
+    "dense_score",
+    "lexical_score",
+    "m3_score",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,9 +15,7 @@ class BatchTooLargeError(RuntimeError):
     """A batch at the smallest allowed size still does not fit in device memory."""
 
 
-def plan_batches(
-    lengths: Sequence[int], batch_tokens: int, min_fill: float = 0.95
-) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], batch_tokens: int, min_fill: float = 0.95) -> list[list[int]]:
     """Indices of ``lengths`` grouped into batches, longest first.
 
     Each batch holds inputs of similar length (none shorter than ``min_fill`` of its longest,
@@ -32,9 +30,7 @@ def plan_batches(
     for i in order:
         # Sorted descending, so the first row of a batch is its longest.
         longest = lengths[current[0]] if current else 0
-        if current and (
-            longest * (len(current) + 1) > batch_tokens or lengths[i] < min_fill * longest
-        ):
+        if current and (longest * (len(current) + 1) > batch_tokens or lengths[i] < min_fill * longest):
             batches.append(current)
             current = []
         current.append(i)
@@ -83,5 +79,8 @@ def split_on_oom(
     if after_oom is not None:
         after_oom()
     half = len(items) // 2
-    kwargs = {"min_items": min_items, "describe": describe, "after_oom": after_oom}
-    return split_on_oom(items[:half], run, **kwargs) + split_on_oom(items[half:], run, **kwargs)
+    return [
+        part
+        for side in (items[:half], items[half:])
+        for part in split_on_oom(side, run, min_items=min_items, describe=describe, after_oom=after_oom)
+    ]

@@ -65,9 +65,7 @@ def cached_checkpoint(model: str | os.PathLike[str], revision: str | None = None
 
     try:
         snapshot = Path(
-            snapshot_download(
-                str(model), revision=revision, allow_patterns=_HUB_FILES, local_files_only=True
-            )
+            snapshot_download(str(model), revision=revision, allow_patterns=_HUB_FILES, local_files_only=True)
         )
     except Exception:  # not cached (or a partial cache): the caller downloads
         return None
@@ -149,8 +147,7 @@ def _local_directory(model: str | os.PathLike[str], revision: str | None) -> Pat
         return path
     if not _HUB_ID.match(name) or path.exists():
         raise CheckpointError(
-            f"model {name!r} is neither a directory nor a Hugging Face hub id like 'BAAI/bge-m3'; "
-            f"check {_MODEL_HELP}"
+            f"model {name!r} is neither a directory nor a Hugging Face hub id like 'BAAI/bge-m3'; check {_MODEL_HELP}"
         )
     return None
 

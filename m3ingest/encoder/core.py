@@ -103,9 +103,7 @@ class M3Encoder:
         self.dtype: torch.dtype = first.dtype
         self.config = first.backbone.config  # the backbone's transformers config
         self.dim: int = int(self.config.hidden_size)
-        self.colbert_dim: int | None = (
-            first.colbert_head.out_features if first.colbert_head is not None else None
-        )
+        self.colbert_dim: int | None = first.colbert_head.out_features if first.colbert_head is not None else None
         self.max_length: int = int(self.config.max_position_embeddings) - first.pad_id - 1
         self._has = {"sparse": sparse_state is not None, "colbert": colbert_state is not None}
         if shapes == "auto":
@@ -134,9 +132,7 @@ class M3Encoder:
         """The encoder a model configuration describes: its ``name``, ``revision``, ``device``,
         ``dtype`` and ``batch_tokens`` (the ``[model]`` section, ``m3ingest.config.ModelConfig``)."""
         c = model_config
-        return cls(
-            c.name, device=c.device, dtype=c.dtype, batch_tokens=c.batch_tokens, revision=c.revision
-        )
+        return cls(c.name, device=c.device, dtype=c.dtype, batch_tokens=c.batch_tokens, revision=c.revision)
 
     def warmup(self, up_to: int | None = None) -> None:
         """On CUDA, run each batch shape for inputs of up to ``up_to`` tokens (default: the
@@ -169,7 +165,7 @@ class M3Encoder:
         """A sparse vector keyed by readable token strings (the larger weight where two coincide)."""
         out: dict[str, float] = {}
         for token_id, weight in sparse.items():
-            text = self.tokenizer.decode([int(token_id)])
+            text = str(self.tokenizer.decode([int(token_id)]))
             out[text] = max(weight, out.get(text, weight))
         return out
 
@@ -209,9 +205,7 @@ class M3Encoder:
         if any(n == 0 for n in lengths):
             raise ValueError("an input has no token ids; tokenized inputs must include <s> and </s>")
         if lengths and max(lengths) > self.max_length:
-            raise ValueError(
-                f"an input has {max(lengths)} token ids; the model takes at most {self.max_length}"
-            )
+            raise ValueError(f"an input has {max(lengths)} token ids; the model takes at most {self.max_length}")
         budget = batch_tokens or self.batch_tokens
         batches = self._shapes.plan(lengths, budget)
         want = Want(dense=dense, sparse=sparse, colbert=colbert)
@@ -231,19 +225,20 @@ class M3Encoder:
         finally:
             if progress is not None:
                 progress.close()
-        rows: list[Row] = [None] * len(lengths)  # type: ignore[list-item]
-        for batch, batch_rows in zip(batches, rows_per_batch):
-            for index, row in zip(batch, batch_rows):
-                rows[index] = row
-        return M3Output(
-            dense=(
-                np.stack([r[0] for r in rows]) if rows else np.zeros((0, self.dim), np.float32)
-            )
-            if dense
-            else None,
-            sparse=[r[1] for r in rows] if sparse else None,
-            colbert=[r[2] for r in rows] if colbert else None,
+        out = M3Output(
+            dense=np.zeros((len(lengths), self.dim), np.float32) if dense else None,
+            sparse=[{}] * len(lengths) if sparse else None,
+            colbert=[np.zeros((0, self.colbert_dim or 0), np.float32)] * len(lengths) if colbert else None,
         )
+        for batch, batch_rows in zip(batches, rows_per_batch, strict=True):
+            for index, (d, s, c) in zip(batch, batch_rows, strict=True):
+                if out.dense is not None and d is not None:
+                    out.dense[index] = d
+                if out.sparse is not None and s is not None:
+                    out.sparse[index] = s
+                if out.colbert is not None and c is not None:
+                    out.colbert[index] = c
+        return out
 
     def _check_heads(self, sparse: bool, colbert: bool) -> None:
         if sparse and not self._has["sparse"]:

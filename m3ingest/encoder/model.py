@@ -57,6 +57,8 @@ class M3Model(nn.Module):
     """Backbone + heads in eval mode; the backbone's fixed-shape pass and the heads run apart
     (callers run both under ``torch.inference_mode``)."""
 
+    ignored_ids: torch.Tensor
+
     def __init__(
         self,
         checkpoint: Path,
@@ -72,12 +74,8 @@ class M3Model(nn.Module):
         )
         self.backbone = backbone.to(device=device, dtype=dtype)
         # Heads stay float32: they are a sliver of the work and keep outputs close to fp32.
-        self.colbert_head = (
-            _linear_from_state(colbert_state).to(device) if colbert_state is not None else None
-        )
-        self.sparse_head = (
-            _linear_from_state(sparse_state).to(device) if sparse_state is not None else None
-        )
+        self.colbert_head = _linear_from_state(colbert_state).to(device) if colbert_state is not None else None
+        self.sparse_head = _linear_from_state(sparse_state).to(device) if sparse_state is not None else None
         self.register_buffer("ignored_ids", torch.tensor(ignored_ids, device=device))
         self.pad_id = int(backbone.config.pad_token_id)
         self.device = device
@@ -110,10 +108,12 @@ class M3Model(nn.Module):
         if dense:
             out.dense = F.normalize(hidden[:n, 0].float(), dim=-1)
         if sparse:
+            assert self.sparse_head is not None, "sparse asked of a checkpoint without its head"
             weights = torch.relu(self.sparse_head(hidden[:n].float())).squeeze(-1)
             # Padding carries the pad id, so this also clears the padded positions.
             out.sparse = weights.masked_fill(torch.isin(input_ids[:n], self.ignored_ids), 0.0)
         if colbert_index is not None:
+            assert self.colbert_head is not None, "colbert asked of a checkpoint without its head"
             tokens = hidden.reshape(-1, hidden.shape[-1]).index_select(0, colbert_index)
             out.colbert = F.normalize(self.colbert_head(tokens.float()), dim=-1)
         if check_finite:

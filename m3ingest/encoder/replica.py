@@ -70,8 +70,12 @@ class Replica:
         self.shapes = shapes
         self.execution = execution
         self.runner: Runner = make_runner(
-            model.hidden, execution, self.device, int(model.backbone.config.hidden_size),
-            model.dtype, capacity,
+            model.hidden,
+            execution,
+            self.device,
+            int(model.backbone.config.hidden_size),
+            model.dtype,
+            capacity,
         )
         self.check_finite = model.dtype == torch.float16 and make_fallback is not None
         self._make_fallback = make_fallback
@@ -113,9 +117,7 @@ class Replica:
                 sparse=want.sparse,
                 check_finite=self.check_finite,
             )
-            host = DeviceOutputs(
-                *(self._to_host(t) for t in (out.dense, out.sparse, out.colbert, out.finite))
-            )
+            host = DeviceOutputs(*(self._to_host(t) for t in (out.dense, out.sparse, out.colbert, out.finite)))
             done = None
             if self._cuda:
                 done = torch.cuda.Event()
@@ -130,18 +132,16 @@ class Replica:
         if out.finite is not None and not bool(out.finite):
             return self._recompute(pending)
         n = len(pending.seqs)
-        dense: list[np.ndarray | None] = (
-            list(self._array(out.dense)) if out.dense is not None else [None] * n
-        )
-        sparse: list[dict[int, float] | None] = (
-            sparse_rows(out.sparse.numpy(), pending.ids) if out.sparse is not None else [None] * n
-        )
-        colbert: list[np.ndarray | None] = (
-            colbert_rows(self._array(out.colbert), [len(s) for s in pending.seqs])
-            if out.colbert is not None
-            else [None] * n
-        )
-        return list(zip(dense, sparse, colbert))
+        dense: list[np.ndarray | None] = [None] * n
+        sparse: list[dict[int, float] | None] = [None] * n
+        colbert: list[np.ndarray | None] = [None] * n
+        if out.dense is not None:
+            dense = list(self._array(out.dense))
+        if out.sparse is not None:
+            sparse = list(sparse_rows(out.sparse.numpy(), pending.ids))
+        if out.colbert is not None:
+            colbert = list(colbert_rows(self._array(out.colbert), [len(s) for s in pending.seqs]))
+        return list(zip(dense, sparse, colbert, strict=True))
 
     def _array(self, t: torch.Tensor) -> np.ndarray:
         # Copied out of a pinned transfer buffer, so the buffer is reused at once rather than
@@ -176,9 +176,7 @@ class Replica:
 
     def _recompute(self, pending: Pending) -> list[Row]:
         fallback = self._fallback_replica()
-        parts = split_on_oom(
-            list(pending.seqs), lambda part: fallback.submit(part, pending.want, pending.batch_tokens)
-        )
+        parts = split_on_oom(list(pending.seqs), lambda part: fallback.submit(part, pending.want, pending.batch_tokens))
         return [row for _, sub in parts for row in fallback.finish(sub)]
 
     def _fallback_replica(self) -> Replica:
@@ -188,7 +186,9 @@ class Replica:
                 model = self._make_fallback()
                 logger.warning(
                     "float16 overflow on %s: a batch gave inf/NaN outputs and is computed again in %s "
-                    "(so is any later such batch; logged once)", self.device, model.dtype,
+                    "(so is any later such batch; logged once)",
+                    self.device,
+                    model.dtype,
                 )
                 self._fallback = Replica(model, self.shapes, "eager", (0, 0))
             return self._fallback

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -23,9 +24,7 @@ def sparse_rows(weights: np.ndarray, ids: np.ndarray) -> list[dict[int, float]]:
     rows, tokens = rows[starts], tokens[starts]
     bounds = np.searchsorted(rows, np.arange(weights.shape[0] + 1)).tolist()
     token_list, value_list = tokens.tolist(), best.tolist()
-    return [
-        dict(zip(token_list[lo:hi], value_list[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:])
-    ]
+    return [dict(zip(token_list[lo:hi], value_list[lo:hi], strict=True)) for lo, hi in pairwise(bounds)]
 
 
 def colbert_rows(flat: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -70,7 +71,9 @@ class Compiled:
                 self._failed = True
                 logger.warning(
                     "torch.compile failed on %s (%s: %s); encoding goes on eagerly",
-                    self._device, type(exc).__name__, exc,
+                    self._device,
+                    type(exc).__name__,
+                    exc,
                 )
         return self._eager(input_ids, lengths, masked)
 
@@ -97,15 +100,10 @@ class GraphRunner:
         self._hidden_size = hidden_size
         self._dtype = dtype
         self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph | None] = {}
-        self._pool: object | None = None
+        self._pool: Any = None  # a graph memory pool handle
         self._stream: torch.cuda.Stream | None = None
         self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._failed = False
-
-    @property
-    def graphs(self) -> int:
-        """How many shapes have a captured graph."""
-        return sum(g is not None for g in self._graphs.values())
 
     def __call__(self, input_ids: torch.Tensor, lengths: torch.Tensor, masked: bool) -> torch.Tensor:
         if self._failed:
@@ -123,9 +121,7 @@ class GraphRunner:
         graph.replay()
         return static_out
 
-    def _first_use(
-        self, key: tuple[int, int, bool], input_ids: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
+    def _first_use(self, key: tuple[int, int, bool], input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         masked = key[2]
         try:
             hidden = self._eager_on_capture_stream(input_ids, lengths, masked)
@@ -143,9 +139,7 @@ class GraphRunner:
             self._disable(exc)
         return hidden
 
-    def _eager_on_capture_stream(
-        self, input_ids: torch.Tensor, lengths: torch.Tensor, masked: bool
-    ) -> torch.Tensor:
+    def _eager_on_capture_stream(self, input_ids: torch.Tensor, lengths: torch.Tensor, masked: bool) -> torch.Tensor:
         # PyTorch asks for a pass on the capture stream before capturing (lazy initialisations
         # such as cuBLAS workspaces must happen outside the capture); it also serves this batch.
         if self._stream is None:
@@ -164,7 +158,9 @@ class GraphRunner:
         self._graphs.clear()
         logger.warning(
             "CUDA graph capture failed on %s (%s: %s); encoding goes on eagerly",
-            self._device, type(exc).__name__, exc,
+            self._device,
+            type(exc).__name__,
+            exc,
         )
 
     def _capture(self, key: tuple[int, int, bool]) -> None:
@@ -173,8 +169,9 @@ class GraphRunner:
         static_ids, static_lengths, static_out = self._views(rows, width)
         static_lengths.fill_(width)
         graph = torch.cuda.CUDAGraph()
-        with _CAPTURE_LOCK, torch.cuda.graph(
-            graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"
+        with (
+            _CAPTURE_LOCK,
+            torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"),
         ):
             static_out.copy_(self._fn(static_ids, static_lengths, masked))
         self._graphs[key] = graph

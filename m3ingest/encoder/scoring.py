@@ -28,9 +28,7 @@ def colbert_score(q: np.ndarray, d: np.ndarray) -> float:
     return float((q @ d.T).max(axis=1).mean())
 
 
-def m3_score(
-    dense: float, lexical: float, colbert: float, weights: Sequence[float] = (0.4, 0.2, 0.4)
-) -> float:
+def m3_score(dense: float, lexical: float, colbert: float, weights: Sequence[float] = (0.4, 0.2, 0.4)) -> float:
     """The weighted sum ``w_dense*dense + w_lexical*lexical + w_colbert*colbert``."""
     w_dense, w_lexical, w_colbert = weights
     return float(w_dense * dense + w_lexical * lexical + w_colbert * colbert)

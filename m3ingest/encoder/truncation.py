@@ -45,7 +45,7 @@ def truncated_ids(
     while todo:
         cuts = [cut_text(texts[i], chars) for i in todo]
         wider = []
-        for i, cut, ids in zip(todo, cuts, tokenize(cuts)):
+        for i, cut, ids in zip(todo, cuts, tokenize(cuts), strict=True):
             if len(ids) >= max_length or cut is texts[i]:
                 out[i] = ids
             else:
