@@ -3,10 +3,12 @@ failures, and a stop request honoured inside a file, on real embedded stores."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +138,12 @@ def test_stop_inside_a_long_file_ends_the_run_there_and_the_next_run_completes_i
     # (bounded queues), is still inside this file when the stop comes after the first.
     (folder / "a-long.txt").write_text(paragraphs(1, 800))
     (folder / "b-after.md").write_text("# After\n\n" + paragraphs(2, 3))
+    for i in range(64):  # more files than one prepare task takes: workers, when asked for, start
+        (folder / f"c-{i:02d}.txt").write_text(f"Small file {i}.")
     clean_config = make_config(tmp_path, backend)
     clean = m3ingest.ingest(folder, clean_config, encoder=encoder)
     long_tokens = clean.tokens_encoded
-    assert clean.files_new == 2 and long_tokens > 6 * 8192
+    assert clean.files_new == 66 and long_tokens > 6 * 8192
     (tmp_path / "run").mkdir()
     config = make_config(tmp_path / "run", backend)
     config.executor.workers = workers
@@ -154,7 +158,7 @@ def test_stop_inside_a_long_file_ends_the_run_there_and_the_next_run_completes_i
         assert records.get("a-long.txt") is None and records.get("b-after.md") is None
         assert set(records.intents()) == {"a-long.txt"}
     resumed = m3ingest.ingest(folder, config, encoder=encoder)
-    assert not resumed.stopped and resumed.files_new == 2
+    assert not resumed.stopped and resumed.files_new == 66
     assert_same(contents(config), contents(clean_config))
 
 
@@ -234,3 +238,23 @@ def test_a_script_without_a_main_guard_prepares_in_threads_or_is_told_what_to_ch
     assert explicit.returncode != 0
     assert "ConfigError" in explicit.stderr and str(script) in explicit.stderr
     assert 'if __name__ == "__main__":' in explicit.stderr and "executor.workers = 0" in explicit.stderr
+
+
+def test_a_run_whose_work_fits_one_task_starts_no_worker_processes(tmp_path, encoder, monkeypatch):
+    """A sync that finds a few changed files prepares them at once, without starting workers."""
+    local = importlib.import_module("m3ingest.ingest.local")
+
+    class NoWorkers(ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            raise AssertionError("a worker process was asked for")
+
+    monkeypatch.setattr(local, "ProcessPoolExecutor", NoWorkers)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name in ("a.md", "b.txt", "c.rst"):
+        (folder / name).write_text(paragraphs(len(name), 4))
+    config = make_config(tmp_path, "milvus")
+    config.executor.workers = 2
+    summary = m3ingest.ingest(folder, config, encoder=encoder)
+    assert (summary.files_new, summary.failures) == (3, [])
+    assert sorted(contents(config)["chunks"]) == ["a.md", "b.txt", "c.rst"]

@@ -205,6 +205,7 @@ class LocalExecutor:
                 window: deque[_InFlight] = deque()
                 batch = _Batch()
                 task = _Task()
+                submitted = False
                 for item in items:
                     if stop.is_set():
                         break
@@ -212,13 +213,16 @@ class LocalExecutor:
                     if admitted is None or not task.add(*admitted):
                         continue
                     window.append(_InFlight(task.files, submit(task.files)))
+                    submitted = True
                     task = _Task()
                     while window and (len(window) >= 2 * width or window[0].future.done()):
                         batch = self._take(window.popleft(), batch, encoder)
                 else:
                     walked_all = True
                     if task.files:
-                        window.append(_InFlight(task.files, submit(task.files)))
+                        # A run whose work fits one task (a few changed files) starts no workers.
+                        prepared = submit(task.files) if submitted else self._prepare_here(task.files)
+                        window.append(_InFlight(task.files, prepared))
                 while window and not stop.is_set():
                     batch = self._take(window.popleft(), batch, encoder)
                 for pending in window:
@@ -251,6 +255,14 @@ class LocalExecutor:
                     if stop.is_set():
                         break
         return batch
+
+    def _prepare_here(self, files: Files) -> Future[list[Prepared | PackedPlan]]:
+        """Prepare ``files`` on this thread."""
+        chunking = self.config.chunking
+        chunker = self.run_.encoder.chunker(chunking.chunk_size, chunking.overlap)
+        done: Future[list[Prepared | PackedPlan]] = Future()
+        done.set_result(list(_prepare_all(files, self.settings, chunker)))
+        return done
 
     def _pool(self) -> Any:
         """The prepare stage: ``(submit(files) -> Future, width)`` in a context manager."""
