@@ -68,7 +68,6 @@ class Replica:
         self.model = model
         self.device = model.device
         self.shapes = shapes
-        self.execution = execution
         self.runner: Runner = make_runner(
             model.hidden,
             execution,
