@@ -82,7 +82,7 @@ def ingest(
         model = LazyEncoder.of(encoder)
     else:
         # The Ray driver encodes only a chunk its store lost (rare), on its own CPU.
-        model = LazyEncoder(cfg.model, device="cpu" if on_ray else None)
+        model = LazyEncoder(cfg.model, device="cpu" if on_ray else None, longest=cfg.chunking.chunk_size + 2)
     if not collection.has_local_state():
         # A new collection: the model must load before anything is made on disk, so a model
         # that cannot be had leaves nothing behind to tie the collection to it.

@@ -27,9 +27,14 @@ class LazyEncoder:
     with ``LazyEncoder.of``.
     """
 
-    def __init__(self, model: ModelConfig, *, device: str | None = None) -> None:
+    def __init__(
+        self, model: ModelConfig, *, device: str | None = None, longest: int | None = None
+    ) -> None:
         self._config = model
         self._device = device
+        #: The longest input expected (a chunk's tokens): on CUDA the batch shapes up to it are
+        #: prepared at load, so that none is met for the first time mid-run.
+        self._longest = longest
         self._encoder: M3Encoder | None = None
         self._lock = threading.Lock()
 
@@ -98,7 +103,10 @@ class LazyEncoder:
                 config = self._config
                 if self._device is not None:
                     config = config.model_copy(update={"device": self._device})
-                self._encoder = M3Encoder.from_config(config)
+                encoder = M3Encoder.from_config(config)
+                if self._longest is not None:
+                    encoder.warmup(self._longest)
+                self._encoder = encoder
             return self._encoder
 
     def load(self, weights: bool = True) -> None:

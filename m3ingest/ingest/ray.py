@@ -112,7 +112,7 @@ class _Encoder:
     """Encoder actor: one model, loaded once, encodes the chunks of a batch of prepared files."""
 
     def __init__(self, config: Config) -> None:
-        self.encoder = LazyEncoder(config.model).encoder
+        self.encoder = LazyEncoder(config.model, longest=config.chunking.chunk_size + 2).encoder
         self.colbert = config.store.colbert
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
