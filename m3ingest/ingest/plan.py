@@ -15,7 +15,6 @@ import numpy as np
 
 from m3ingest.ids import chunk_id, text_hash
 from m3ingest.records import SourceRecord
-
 from m3ingest.sources.document import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
