@@ -70,7 +70,8 @@ class Chunker:
 
     Chunks never cross a section boundary, so each has one heading path; consecutive chunks of a
     section share about ``overlap`` tokens. ``tokenizer`` is a Hugging Face fast tokenizer, e.g.
-    ``M3Encoder.tokenizer``. One chunker may serve several threads at once.
+    ``M3Encoder.tokenizer``, or the ``tokenizers.Tokenizer`` behind one (``backend_tokenizer``).
+    One chunker may serve several threads at once.
     """
 
     def __init__(self, tokenizer: Any, chunk_size: int = 512, overlap: int = 64) -> None:
@@ -80,9 +81,14 @@ class Chunker:
             raise ValueError(f"chunk_size must be at least {MIN_CHUNK_SIZE} tokens, got {chunk_size}")
         if not 0 <= overlap < chunk_size:
             raise ValueError(f"overlap must be between 0 and chunk_size - 1 ({chunk_size - 1}), got {overlap}")
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if not getattr(tokenizer, "is_fast", False) or backend is None:
-            raise ValueError("Chunker needs a Hugging Face fast tokenizer (it uses character offsets)")
+        if isinstance(tokenizer, Tokenizer):
+            backend = tokenizer
+        elif getattr(tokenizer, "is_fast", False) and getattr(tokenizer, "backend_tokenizer", None) is not None:
+            backend = tokenizer.backend_tokenizer
+        else:
+            raise ValueError(
+                "Chunker needs a Hugging Face fast tokenizer or a tokenizers.Tokenizer (it uses character offsets)"
+            )
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
         self.overlap = overlap

@@ -212,7 +212,8 @@ def _ingest_command(name: str, delete_default: bool, summary: str) -> None:
     @click.option("--executor", type=click.Choice(["local", "ray"]),
                   help="local (this machine) or ray (Ray Data stages; pip install 'm3ingest[ray]').")
     @click.option("--workers", type=int, metavar="N",
-                  help="Local executor: processes that read and chunk files (0: threads).")
+                  help="Local executor: processes that read and chunk files (0: threads; default: "
+                  "one per core beyond two, at least two).")
     @click.option("--ray-address", metavar="ADDRESS",
                   help="Ray cluster to join, e.g. auto or ray://head:10001 (default: a local Ray).")
     @click.option("--encoders", type=int, metavar="N", help="Ray encoder actors (default: one per GPU).")

@@ -185,8 +185,8 @@ class ExecutorConfig(_Section):
     """Where an ingest run's stages execute: on this machine, or on Ray (docs/distributed.md)."""
 
     kind: Literal["local", "ray"] = "local"
-    #: Local executor: processes that read, extract and chunk files; default: one per core beyond
-    #: the two that encode and write, none (threads) on machines with two cores or fewer.
+    #: Local executor: processes that read, extract and chunk files (0: threads); default: one per
+    #: core beyond the two that encode and write, at least two from two cores on, threads on one.
     workers: int | None = Field(None, ge=0)
     #: Ray cluster to join ("auto", "ray://head:10001"); default: start a local Ray runtime.
     ray_address: str | None = None

@@ -133,11 +133,11 @@ def _is_main_guard(node: ast.stmt) -> bool:
 
 
 def _registered_extractors() -> dict[str, Extractor]:
-    """The extractor registry (suffix -> extractor) as this process has it, built-ins and the
-    ones registered since: worker processes register the same."""
-    from m3ingest.sources import extractors
+    """The extractor registry as this process has it, built-ins and the ones registered since:
+    worker processes register the same."""
+    from m3ingest.sources import registered_extractors
 
-    return dict(extractors._REGISTRY)
+    return registered_extractors()
 
 
 @dataclass
@@ -301,16 +301,6 @@ class _Threads:
         return self._pool.submit(_prepare_all, files, self._settings, self._chunker)
 
 
-class _Backend:
-    """What ``Chunker`` reads of a Hugging Face fast tokenizer, around the bare ``tokenizers``
-    object, so that worker processes start without importing transformers."""
-
-    is_fast = True
-
-    def __init__(self, backend: Tokenizer) -> None:
-        self.backend_tokenizer = backend
-
-
 #: What a prepare process imports: the forkserver loads them before it forks any worker.
 _WORKER_MODULES = ("m3ingest.ingest.local", "m3ingest.chunking", "m3ingest.sources")
 _worker_chunker: Chunker | None = None
@@ -323,7 +313,7 @@ def _init_worker(backend: Tokenizer, chunk_size: int, overlap: int, extractors: 
 
     for suffix, func in extractors.items():
         register_extractor(suffix, func)
-    _worker_chunker = Chunker(_Backend(backend), chunk_size=chunk_size, overlap=overlap)
+    _worker_chunker = Chunker(backend, chunk_size=chunk_size, overlap=overlap)
 
 
 def _prepare_in_worker(files: Files, settings: PlanSettings) -> list[PackedPlan | Unchanged | Failed]:

@@ -8,6 +8,7 @@ from .extractors import (
     read_bytes,
     read_source,
     register_extractor,
+    registered_extractors,
     supported_suffixes,
 )
 from .walk import DEFAULT_EXCLUDED_DIRS, SourceFailure, SourceFile, glob_match, walk
@@ -27,6 +28,7 @@ __all__ = [
     "read_bytes",
     "read_source",
     "register_extractor",
+    "registered_extractors",
     "supported_suffixes",
     "walk",
 ]

@@ -49,6 +49,11 @@ def register_extractor(suffixes: str | Iterable[str], func: Extractor) -> None:
         _REGISTRY[s] = func
 
 
+def registered_extractors() -> dict[str, Extractor]:
+    """Suffix -> extractor, as registered now (built-ins and ``register_extractor`` calls)."""
+    return dict(_REGISTRY)
+
+
 def supported_suffixes() -> frozenset[str]:
     """The suffixes (lower case, with the dot) that have an extractor; ``walk`` yields only these files."""
     return frozenset(_REGISTRY)
