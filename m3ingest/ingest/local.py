@@ -16,9 +16,7 @@ import ast
 import logging
 import os
 import pickle
-import queue
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from m3ingest.errors import ConfigError
 from m3ingest.ingest.encoding import encode_entries
 from m3ingest.ingest.plan import PackedPlan, Plan, PlanSettings, Prepared, pack, prepare, unpack
+from m3ingest.ingest.stage import Stage
 from m3ingest.ingest.summary import Summary
 from m3ingest.ingest.writer import Commit, Run, Upsert
 
@@ -357,52 +356,29 @@ class _Processes:
         return self._pool.submit(_prepare_in_worker, files, self._settings)
 
 
-class _EncoderThread(threading.Thread):
+class _EncoderThread(Stage[_Batch]):
     """Encodes queued batches one after another and hands the chunks to the writer; a file is
-    committed after its last chunk is written. Stops between batches when asked."""
+    committed after its last chunk is written. Stops between batches when asked: files left
+    half-written keep their intents, which the next run repairs."""
 
     def __init__(self, run: Run) -> None:
-        super().__init__(name="m3ingest-encoder", daemon=True)
+        super().__init__("m3ingest-encoder", size=2)
         self._run = run
-        self._batches: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
         self._pending: dict[int, int] = {}
-        self.error: BaseException | None = None
 
     def expect(self, plan: Plan) -> None:
         """Announce a file whose chunks follow in the next batches."""
         self._pending[id(plan)] = len(plan.encode)
 
     def put(self, batch: _Batch) -> None:
-        if not batch.entries:
-            return
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self._batches.put(batch, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        if batch.entries:
+            super().put(batch)
 
-    def finish(self, raise_error: bool = True) -> None:
-        """Wait for the batches queued so far; re-raise the encoder's error."""
-        if self.is_alive():
-            self._batches.put(None)
-            self.join()
-        if raise_error and self.error is not None:
-            raise self.error
+    def skips(self) -> bool:
+        return self._run.stop.is_set()
 
-    def run(self) -> None:
-        while True:
-            batch = self._batches.get()
-            if batch is None:
-                return
-            if self.error is not None or self._run.stop.is_set():
-                continue  # files left half-written keep their intents: the next run repairs them
-            try:
-                self._encode(batch)
-            except BaseException as e:  # handed to the walking thread, which re-raises it
-                self.error = e
+    def apply(self, batch: _Batch) -> None:
+        self._encode(batch)
 
     def _encode(self, batch: _Batch) -> None:
         run = self._run

@@ -12,7 +12,6 @@ deletes of replaced chunks and record commits.
 from __future__ import annotations
 
 import logging
-import queue
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Union
 from m3ingest.faults import crash_point
 from m3ingest.ingest.encoding import LazyEncoder, encode_entries
 from m3ingest.ingest.plan import Failed, Plan, Prepared, Unchanged, unchanged
+from m3ingest.ingest.stage import Stage
 from m3ingest.ingest.summary import Summary
 from m3ingest.records import Records, SourceRecord
 
@@ -94,45 +94,15 @@ class Remove:
 Job = Union[Begin, Abandon, Upsert, Rewrite, Written, Commit, Touch, Remove]
 
 
-class Writer(threading.Thread):
-    """Applies jobs in the order they were put; the first error stops it and is re-raised to
-    whoever puts the next job or waits for the end."""
+class Writer(Stage[Job]):
+    """Applies store writes and record commits in the order they were put (see ``Stage``)."""
 
     def __init__(self, run: Run) -> None:
-        super().__init__(name="m3ingest-writer", daemon=True)
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
+        super().__init__("m3ingest-writer", size=4)
         self._run = run
 
-    def put(self, job: Job) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.jobs.put(job, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def finish(self) -> None:
-        """Wait until every job put is done; re-raise the writer's error."""
-        if self.is_alive():
-            self.jobs.put(None)
-            self.join()
-        if self.error is not None:
-            raise self.error
-
-    def run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            if self.error is not None:
-                continue
-            try:
-                self._apply(job)
-            except BaseException as e:  # handed to the putting thread, which re-raises it
-                self.error = e
+    def apply(self, job: Job) -> None:
+        self._apply(job)
 
     def _apply(self, job: Job) -> None:
         run = self._run
@@ -262,9 +232,7 @@ class Run:
     def __exit__(self, *exc: object) -> None:
         self.files_bar.close()
         self.chunks_bar.close()
-        if self.writer.is_alive():
-            self.writer.jobs.put(None)
-            self.writer.join()
+        self.writer.finish(raise_error=False)
         self.summary.stopped = self.stop.is_set()
         self.summary.seconds = round(time.perf_counter() - self.started, 3)
 
