@@ -159,9 +159,11 @@ def _setup(options: dict[str, Any]) -> None:
     except ValueError as e:
         _fail(str(e), ExitCode.CONFIG_ERROR)
     quiet_client_logs(verbose=verbose > 0)
-    if not verbose:  # the model's own loading bars and notices; m3ingest shows its progress
+    if not verbose:  # the model's own loading bars and notices, and gRPC's own lines (keepalive
+        # chatter between pymilvus and Milvus Lite): m3ingest shows its progress and its errors
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[], list[str]], quiet: bool = False) -> None:
