@@ -28,7 +28,6 @@ from qdrant_client import models
 from m3ingest.connectors import ChunkRecord, VectorStore, open_store
 
 
-
 def make_records(n: int, dim: int, seed: int = 0) -> list[ChunkRecord]:
     rng = np.random.default_rng(seed)
     dense = rng.normal(size=(n, dim)).astype(np.float32)

@@ -46,9 +46,26 @@ _LAZY = {
     "quiet_client_logs": "logs",
 }
 
-__all__ = sorted(
-    [*_LAZY, "RetryPolicy", "StoreLocation", "is_embedded", "open_store", "parse_location", "store_from_config"]
-)
+__all__ = [
+    "CHUNK_FIELDS",
+    "ChunkRecord",
+    "Filter",
+    "FilterError",
+    "Fusion",
+    "RetryPolicy",
+    "SchemaMismatchError",
+    "SearchHit",
+    "SearchMode",
+    "StoreError",
+    "StoreLocation",
+    "StoreNotFoundError",
+    "VectorStore",
+    "is_embedded",
+    "open_store",
+    "parse_location",
+    "quiet_client_logs",
+    "store_from_config",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -71,7 +88,7 @@ def open_store(
     timeout: float = 30.0,
     retry_policy: RetryPolicy = RetryPolicy(),
     create: bool = True,
-) -> "VectorStore":
+) -> VectorStore:
     """Connect to a store.
 
     Milvus: ``uri`` is a Milvus Lite file (``./m3ingest.db``) or a server (``http://host:19530``),
@@ -100,7 +117,7 @@ def is_embedded(uri: str) -> bool:
     return parse_location(uri).kind != "server"
 
 
-def store_from_config(cfg: "StoreConfig", *, create: bool = True) -> "VectorStore":
+def store_from_config(cfg: StoreConfig, *, create: bool = True) -> VectorStore:
     """The store a ``[store]`` configuration section describes (secrets read from it, never logged);
     ``create`` as in ``open_store``."""
     from m3ingest.config import secret

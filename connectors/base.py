@@ -47,7 +47,7 @@ class ChunkRecord:
         }
 
     @classmethod
-    def from_payload(cls, id: str, payload: Mapping[str, Any]) -> "ChunkRecord":
+    def from_payload(cls, id: str, payload: Mapping[str, Any]) -> ChunkRecord:
         """The chunk, without vectors, whose ``payload()`` a store returned."""
         return cls(
             id=id,
@@ -75,11 +75,11 @@ class Fusion:
     weights: tuple[float, float] = (0.5, 0.5)
 
     @classmethod
-    def rrf(cls, k: int = 60) -> "Fusion":
+    def rrf(cls, k: int = 60) -> Fusion:
         return cls("rrf", k=k)
 
     @classmethod
-    def weighted(cls, dense: float = 0.5, sparse: float = 0.5) -> "Fusion":
+    def weighted(cls, dense: float = 0.5, sparse: float = 0.5) -> Fusion:
         return cls("weighted", weights=(dense, sparse))
 
 
@@ -113,7 +113,7 @@ class Query:
     with_vectors: bool = False
     colbert: np.ndarray | None = None
 
-    def check(self) -> "Query":
+    def check(self) -> Query:
         """This query, once its mode and vectors fit together (else ``ValueError``)."""
         if self.mode not in ("dense", "sparse", "hybrid"):
             raise ValueError(f"search mode must be dense, sparse or hybrid, got {self.mode!r}")
@@ -289,7 +289,7 @@ class VectorStore(ABC):
         """
         self.close()
 
-    def __enter__(self) -> "VectorStore":
+    def __enter__(self) -> VectorStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -64,12 +64,12 @@ class Condition:
 
 @dataclass(frozen=True)
 class AllOf:
-    parts: tuple["Node", ...]
+    parts: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class AnyOf:
-    parts: tuple["Node", ...]
+    parts: tuple[Node, ...]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,22 @@ _EXPORTS = {
     "M3Retriever": "m3ingest.retrievers",
 }
 
-__all__ = sorted([*_EXPORTS, "ingest", "sync"])
+__all__ = [
+    "Config",
+    "M3Encoder",
+    "M3Output",
+    "M3Retriever",
+    "M3Searcher",
+    "drop",
+    "ingest",
+    "load_config",
+    "rebuild",
+    "schedule",
+    "search",
+    "stats",
+    "sync",
+    "verify",
+]
 
 
 def __getattr__(name: str) -> Any:

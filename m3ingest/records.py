@@ -66,7 +66,7 @@ class SourceRecord:
         return list(self.chunks)
 
 
-def settings_of(config: "Config", checkpoint: str | None) -> dict[str, str]:
+def settings_of(config: Config, checkpoint: str | None) -> dict[str, str]:
     """The settings that decide what a collection holds; a sync with other ones is refused.
 
     ``checkpoint`` is the fingerprint of the model's files (a hub commit or a hash of a local
@@ -134,13 +134,13 @@ class Records:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "Records":
+    def __enter__(self) -> Records:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _transaction(self) -> "_Tx":
+    def _transaction(self) -> _Tx:
         return _Tx(self)
 
     # -- settings ---------------------------------------------------------------------------
@@ -262,7 +262,7 @@ class Records:
         rows = self._rows("SELECT source_id, touched, stale FROM intents")
         return {s: (json.loads(t), json.loads(d)) for s, t, d in rows}
 
-    def reconcile(self, store: "VectorStore", collection: str) -> int:
+    def reconcile(self, store: VectorStore, collection: str) -> int:
         """Repair what a run that died mid-source left behind; returns the sources repaired.
 
         The store may hold any part of what an intent announced. Every announced id is deleted

@@ -14,9 +14,9 @@ from m3ingest.connectors import (
     SchemaMismatchError,
     StoreError,
     open_store,
+    retry,
     store_from_config,
 )
-from m3ingest.connectors import retry
 from m3ingest.connectors.milvus import VARCHAR_MAX
 
 from conftest import open_test_store

@@ -22,7 +22,7 @@ from m3ingest.connectors import open_store
 from m3ingest.encoder import M3Encoder
 from m3ingest.errors import ExitCode
 
-from ingest_helpers import TINY, make_config, paragraphs, records_path, snapshot
+from ingest_helpers import TINY, make_config, paragraphs, snapshot
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ingest_helpers import TINY, make_config, paragraphs, pdf_bytes, records_path
 
 import m3ingest
 from m3ingest.connectors import RetryPolicy, open_store
@@ -23,6 +22,8 @@ from m3ingest.errors import ConfigError
 from m3ingest.ingest.local import prepare_workers
 from m3ingest.records import Records
 from m3ingest.sources import Document, register_extractor
+
+from ingest_helpers import TINY, make_config, paragraphs, pdf_bytes, records_path
 
 
 @pytest.fixture(scope="module")

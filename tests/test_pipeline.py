@@ -18,9 +18,9 @@ from ingest_helpers import (
     docx_file,
     encrypted_pdf,
     make_config,
-    records_path,
     paragraphs,
     pdf_bytes,
+    records_path,
     snapshot,
 )
 

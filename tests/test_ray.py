@@ -24,6 +24,7 @@ from m3ingest.records import Records
 
 from ingest_helpers import COLLECTION, TINY, make_config, paragraphs, records_path
 
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_runtime():
     # 4 logical CPUs on any machine: the prepare tasks keep a slot beside two encoder actors.

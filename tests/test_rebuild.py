@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,11 +136,11 @@ def test_first_rebuild_migrates_a_plain_collection_of_the_alias_name(store, alia
 
 @pytest.mark.parametrize("backend", ["milvus", "qdrant"])
 def test_rebuild_end_to_end_with_migration_alias_sync_and_settings_change(tmp_path, backend) -> None:
-    from ingest_helpers import make_config, paragraphs
-
     import m3ingest
     from m3ingest.connectors import store_from_config
     from m3ingest.errors import SettingsMismatchError
+
+    from ingest_helpers import make_config, paragraphs
 
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -7,9 +7,9 @@ import pytest
 
 from m3ingest.config import Config
 from m3ingest.connectors import ChunkRecord
+from m3ingest.context import CollectionContext
 from m3ingest.errors import SettingsMismatchError
 from m3ingest.ids import chunk_id, text_hash
-from m3ingest.context import CollectionContext
 from m3ingest.records import Records, SourceRecord, settings_of
 
 

@@ -16,7 +16,7 @@ from m3ingest.connectors import Fusion, StoreError
 from m3ingest.encoder import M3Encoder, colbert_score, dense_score, lexical_score, m3_score
 from m3ingest.retrievers import M3Retriever, M3Searcher, SearchResult
 
-from retrievers_corpus import CHUNKS, QUERIES, TINY_M3, SpreadEncoder, build, rrf, ranked_lists, weighted
+from retrievers_corpus import CHUNKS, QUERIES, TINY_M3, SpreadEncoder, build, ranked_lists, rrf, weighted
 
 BUILTIN = ("source", "chunk_index", "start", "end", "content_hash")
 

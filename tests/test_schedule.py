@@ -145,9 +145,9 @@ def test_sigterm_stops_between_batches_and_exits_cleanly() -> None:
 def test_schedule_runs_the_sync_job_and_writes_its_report(tmp_path) -> None:
     import json
 
-    from ingest_helpers import make_config, paragraphs
-
     import m3ingest
+
+    from ingest_helpers import make_config, paragraphs
 
     docs = tmp_path / "docs"
     docs.mkdir()

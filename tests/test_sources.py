@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from source_files import make_docx, make_pdf
 
 from m3ingest.sources import (
     Document,
@@ -28,6 +27,8 @@ from m3ingest.sources import (
     supported_suffixes,
     walk,
 )
+
+from source_files import make_docx, make_pdf
 
 DOCS = Path(__file__).parent / "fixtures" / "docs"
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

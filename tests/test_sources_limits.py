@@ -12,9 +12,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from source_files import make_docx, make_pdf
 
 from m3ingest.sources import ExtractionError, Limits, extract, read_bytes, read_source
+
+from source_files import make_docx, make_pdf
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 2**20

@@ -66,9 +66,9 @@ def test_drift_in_a_real_store_is_found_and_orphans_deleted(store, collection) -
 
 @pytest.fixture(params=["milvus", "qdrant"])
 def ingested(request, tmp_path):
-    from ingest_helpers import make_config, paragraphs
-
     import m3ingest
+
+    from ingest_helpers import make_config, paragraphs
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -82,8 +82,8 @@ def ingested(request, tmp_path):
 
 def test_verify_reports_drift_and_repair_restores_the_store(ingested) -> None:
     import m3ingest
-    from m3ingest.context import CollectionContext
     from m3ingest.connectors import store_from_config
+    from m3ingest.context import CollectionContext
     from m3ingest.records import Records
 
     docs, config = ingested
@@ -113,8 +113,8 @@ def test_verify_reports_drift_and_repair_restores_the_store(ingested) -> None:
 
 def test_repair_without_folders_leaves_the_reencoding_to_the_next_sync(ingested) -> None:
     import m3ingest
-    from m3ingest.context import CollectionContext
     from m3ingest.connectors import store_from_config
+    from m3ingest.context import CollectionContext
     from m3ingest.records import Records
 
     docs, config = ingested

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from m3ingest.sources import SourceFailure, SourceFile, read_bytes, walk
+
 from test_sources import run_without_root_powers
 
 

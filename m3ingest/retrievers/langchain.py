@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
@@ -43,9 +43,9 @@ class M3Retriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     searcher: M3Searcher
-    k: Optional[int] = Field(default=None, ge=1)
-    mode: Optional[Mode] = None
-    filter: Optional[dict[str, Any]] = None
+    k: int | None = Field(default=None, ge=1)
+    mode: Mode | None = None
+    filter: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -75,7 +75,7 @@ class M3Retriever(BaseRetriever):
     @classmethod
     def from_config(
         cls, config: Config | str | os.PathLike[str] | None = None, **overrides: Any
-    ) -> "M3Retriever":
+    ) -> M3Retriever:
         """A retriever set up by a ``Config`` or TOML file; ``overrides`` set fields (``k=4``)."""
         return cls(config=config, **overrides)
 

@@ -6,7 +6,6 @@ import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from m3ingest.config import Config, resolve_config
@@ -118,7 +117,7 @@ class M3Searcher:
         encoder: M3Encoder | None = None,
         store: VectorStore | None = None,
         **settings: Any,
-    ) -> "M3Searcher":
+    ) -> M3Searcher:
         """A searcher set up by a configuration (a ``Config`` or a TOML file, as ingestion uses).
 
         The ``[store]`` section picks the database and collection (or alias), ``[model]`` the
@@ -198,7 +197,7 @@ class M3Searcher:
         if self._owns_store:
             await self.store.aclose()
 
-    def __enter__(self) -> "M3Searcher":
+    def __enter__(self) -> M3Searcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
