@@ -7,7 +7,8 @@ The corpus is Debian's Python documentation (about a thousand HTML pages and the
 
     python bench/ingest.py --files 60 --batch 256   # random 4x256 checkpoint: minutes on 2 cores
     python bench/ingest.py --files 0 --layers 24 --hidden 1024 --device cuda
-    python bench/ingest.py --memory --memory-files 150   # peak RSS of a 1x and a 10x corpus
+    python bench/ingest.py --memory --memory-files 150 --skip-baseline   # peak RSS: 1x and 10x corpus,
+                                                     # and the corpus with a 200 MB one-line file
 
 Both sides read the same files, make the same chunks (the baseline's LangChain ``TextSplitter``
 cuts with m3ingest's token-aware chunker, so both stores hold the same number of chunks), encode
@@ -185,21 +186,96 @@ def run_langchain(corpus: Path, work: Path, args: argparse.Namespace) -> dict[st
             "first": first, "rerun": again}
 
 
-def peak_rss(corpus: Path, work: Path, args: argparse.Namespace) -> float:
-    """Peak resident memory (MiB) of ``m3ingest ingest`` over ``corpus`` in a fresh process."""
+def _tree_rss_mib(root: int) -> float:
+    """Resident memory (MiB) of ``root`` and every process under it, read from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            pages = int((entry / "statm").read_text().split()[1])
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
+        rss[pid] = pages
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(rss.get(pid, 0) for pid in tree) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss(corpus: Path, work: Path, args: argparse.Namespace, *extra: str) -> dict[str, float]:
+    """Peak resident memory (MiB) of ``m3ingest ingest`` over ``corpus`` in a fresh process: of the
+    process itself, and of it with its prepare workers (sampled every 50 ms)."""
+    import threading
+
     env = dict(os.environ, M3INGEST_MODEL__NAME=args.model, M3INGEST_MODEL__DTYPE=args.dtype)
     if args.device:
         env["M3INGEST_MODEL__DEVICE"] = args.device
     proc = subprocess.Popen(
         [sys.executable, "-c", "from m3ingest.cli import main; main()", "ingest", str(corpus),
          "--uri", str(work / "mem.db"), "--chunk-size", str(args.chunk_size),
-         "--overlap", str(args.overlap), "--quiet"],
+         "--overlap", str(args.overlap), "--quiet", *extra],
         env=env,
     )
+    tree = 0.0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal tree
+        while not done.wait(0.05):
+            tree = max(tree, _tree_rss_mib(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    sampler.join()
     if os.waitstatus_to_exitcode(status) not in (0, 1):
         raise SystemExit(f"m3ingest ingest {corpus} failed with status {status}")
-    return usage.ru_maxrss / 1024
+    return {"process": usage.ru_maxrss / 1024, "with_workers": tree}
+
+
+def one_line_file(path: Path, size: int) -> None:
+    """A text file of ``size`` bytes on one line (words and spaces, no line break)."""
+    words = b"vector store chunk record source encoder sparse dense hybrid query "
+    block = words * (2**20 // len(words))
+    with open(path, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+        f.write(words[: size % len(block) % len(words)])
+
+
+def memory(source: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of the 1x and the 10x corpus, and of the 1x corpus with one 200 MB one-line file
+    (refused by the default max_file_bytes, then read with the limit raised past it)."""
+    one, ten, line = work / "mem1", work / "mem10", work / "memline"
+    copy_corpus(source, one, args.memory_files, copies=1)
+    copy_corpus(source, ten, args.memory_files, copies=10)
+    copy_corpus(source, line, args.memory_files, copies=1)
+    one_line_file(line / "line.txt", args.line_mib * 2**20)
+    out: dict[str, Any] = {"files_1x": args.memory_files, "line_mib": args.line_mib}
+    out["1x"] = peak_rss(one, work / "m1", args)
+    out["10x"] = peak_rss(ten, work / "m10", args)
+    out["1x_with_line_refused"] = peak_rss(line, work / "ml", args)
+    if args.line_raised:
+        (work / "raised.toml").write_text(f"[sources]\nmax_file_bytes = {args.line_mib * 2**20 + 1}\n"
+                                          f"max_text_chars = {args.line_mib * 2**20 + 1}\n")
+        out["1x_with_line_read"] = peak_rss(line, work / "mr", args, "--config", str(work / "raised.toml"))
+    for key in ("process", "with_workers"):
+        base = out["1x"][key]
+        out[f"increase_10x_{key}"] = out["10x"][key] / base - 1
+        out[f"line_refused_extra_mib_{key}"] = out["1x_with_line_refused"][key] - base
+        if args.line_raised:
+            out[f"line_read_extra_mib_{key}"] = out["1x_with_line_read"][key] - base
+    return out
 
 
 def main() -> None:
@@ -220,6 +296,9 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--memory", action="store_true", help="measure peak RSS for 1x and 10x")
     parser.add_argument("--memory-files", type=int, default=150)
+    parser.add_argument("--line-mib", type=int, default=200, help="with --memory: the one-line file's size")
+    parser.add_argument("--line-raised", action="store_true",
+                        help="with --memory: also read the one-line file with the limits raised past it")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
 
@@ -247,13 +326,7 @@ def main() -> None:
             results["rerun_ratio"] = base["rerun_s"] / results["m3ingest"]["rerun_s"]
             results["same_chunks"] = base["chunks_produced"] == results["m3ingest"]["chunks"]
         if args.memory:
-            one, ten = work / "mem1", work / "mem10"
-            copy_corpus(source, one, args.memory_files, copies=1)
-            copy_corpus(source, ten, args.memory_files, copies=10)
-            rss1 = peak_rss(one, work / "m1", args)
-            rss10 = peak_rss(ten, work / "m10", args)
-            results["memory"] = {"files_1x": args.memory_files, "peak_rss_mib_1x": rss1,
-                                 "peak_rss_mib_10x": rss10, "increase": rss10 / rss1 - 1}
+            results["memory"] = memory(source, work, args)
     print(json.dumps(results, indent=2, default=str))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
