@@ -158,6 +158,8 @@ def test_cli_exits_3_when_the_collection_is_locked(tmp_path: Path) -> None:
     from m3ingest.config import load_config
     from m3ingest.errors import ExitCode
 
+    from ingest_helpers import TINY
+
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.md").write_text("text")
@@ -165,7 +167,7 @@ def test_cli_exits_3_when_the_collection_is_locked(tmp_path: Path) -> None:
     config = load_config(overrides={"store": {"uri": uri, "collection": "docs"}})
     proc = start_holder(CollectionContext.from_config(config).lock_path)
     try:
-        args = ["sync", str(docs), "--uri", uri, "--collection", "docs"]
+        args = ["sync", str(docs), "--uri", uri, "--collection", "docs", "--model", str(TINY)]
         now = CliRunner().invoke(app, args)
         assert now.exit_code == ExitCode.LOCKED
         assert f"locked by pid {proc.pid}" in now.output
