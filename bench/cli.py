@@ -150,7 +150,8 @@ def table(results: dict[str, dict[str, Any]]) -> list[str]:
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         ok = "yes" if r["meets_target"] else "NO"
-        codes = "" if all((c != 0) == (r["expected_exit"] != "0") for c in r["exit_codes"]) else f"  exit {r['exit_codes']}"
+        as_expected = all((c != 0) == (r["expected_exit"] != "0") for c in r["exit_codes"])
+        codes = "" if as_expected else f"  exit {r['exit_codes']}"
         lines.append(
             f"{name:<16} {r['median_s']:>7.2f}s {r['min_s']:>7.2f}s {r['max_s']:>7.2f}s {r['cpu_median_s']:>7.2f}s"
             f" {'< ' + format(r['target_s'], 'g') + ' s':>8}  {ok:<4} {' '.join(r['argv'])}{codes}"
@@ -163,7 +164,8 @@ def measured(script: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
     python = Path(script).with_name("python")
     interpreter = str(python) if python.exists() else sys.executable
     done = subprocess.run(
-        [interpreter, "-c", "import m3ingest; print(m3ingest.__file__)"], cwd=cwd, env=env, capture_output=True, text=True
+        [interpreter, "-c", "import m3ingest; print(m3ingest.__file__)"],
+        cwd=cwd, env=env, capture_output=True, text=True,
     )
     package = done.stdout.strip()
     tree = Path(package).parent.parent if package else REPO
@@ -184,7 +186,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per command, after one warm-up (default 5)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cli.json", help="JSON file to write")
     names = [c.name for c in cases()]
-    parser.add_argument("--only", action="append", choices=names, metavar="NAME", help=f"only this case (repeat): {', '.join(names)}")
+    parser.add_argument(
+        "--only", action="append", choices=names, metavar="NAME", help=f"only this case (repeat): {', '.join(names)}"
+    )
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -208,7 +212,9 @@ def main() -> None:
         tree = measured(script, env, work)
 
     report = {
-        "settings": {"runs": args.runs, "warmup_runs": 1, "model": str(TINY.relative_to(REPO)), "store": "Milvus Lite file"},
+        "settings": {
+            "runs": args.runs, "warmup_runs": 1, "model": str(TINY.relative_to(REPO)), "store": "Milvus Lite file"
+        },
         "measured": tree,
         "machine": {
             "platform": platform.platform(),

@@ -5,7 +5,8 @@
 
 Both sides write the same rows (dense float32 vector, sparse weights, ~1.5 kB of text, metadata)
 into identical fresh collections; the bare side converts numpy to lists and calls the client's
-upsert in ``--bare-batch``-row batches (512 by default), the connector side calls ``VectorStore.upsert`` with ``ChunkRecord``s.
+upsert in ``--bare-batch``-row batches (512 by default), the connector side calls
+``VectorStore.upsert`` with ``ChunkRecord``s.
 Runs alternate and the median of ``--repeat`` runs is reported; ratio = connector / bare rows/s.
 The CPU seconds of this process (client side; Milvus Lite's engine is another process, Qdrant's
 local engine is this one) show the connector's own cost apart from a noisy machine's wall time.
@@ -40,7 +41,7 @@ def make_records(n: int, dim: int, seed: int = 0) -> list[ChunkRecord]:
         out.append(ChunkRecord(
             id=str(uuid.uuid4()), text=text, source=f"docs/file{i // 20}.md", chunk_index=i % 20,
             start=0, end=len(text), content_hash=f"{i:064x}", metadata={"lang": "en", "headings": ["A", "B"]},
-            dense=dense[i], sparse={int(t): float(w) for t, w in zip(tokens, rng.random(120))},
+            dense=dense[i], sparse={int(t): float(w) for t, w in zip(tokens, rng.random(120), strict=True)},
         ))
     return out
 

@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported when a Qdrant filter is rendered, not with this module
     from qdrant_client import models
@@ -46,7 +46,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_DEPTH = 32
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 
 
 class FilterError(ConfigError):
@@ -82,7 +82,7 @@ class Constant:
 ALWAYS = Constant(True)
 NEVER = Constant(False)
 
-Node = Union[Condition, AllOf, AnyOf, Constant]
+Node = Condition | AllOf | AnyOf | Constant
 
 
 def parse(spec: Mapping[str, Any]) -> Node | None:

@@ -503,7 +503,7 @@ def _sparse_items(value: Any) -> Iterable[tuple[int, float]]:
         return value.items()
     if hasattr(value, "tocoo"):  # scipy sparse row
         coo = value.tocoo()
-        return zip(coo.col.tolist(), coo.data.tolist())
+        return zip(coo.col.tolist(), coo.data.tolist(), strict=True)
     return value
 
 

@@ -197,7 +197,7 @@ class QdrantStore(ClientStore[QdrantClient, AsyncQdrantClient]):
                 record.dense = np.asarray(vectors["dense"], dtype=np.float32)
             if "sparse" in vectors:
                 sp = vectors["sparse"]
-                record.sparse = {int(i): float(np.float32(w)) for i, w in zip(sp.indices, sp.values)}
+                record.sparse = {int(i): float(np.float32(w)) for i, w in zip(sp.indices, sp.values, strict=True)}
             if vectors.get("colbert") is not None:
                 record.colbert = np.asarray(vectors["colbert"], dtype=np.float32)
         return record

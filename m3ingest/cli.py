@@ -206,7 +206,9 @@ def _ingest_command(name: str, delete_default: bool, summary: str) -> None:
     @model_options
     @chunking_options
     @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching this glob (repeat).")
-    @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files and folders matching this glob (repeat).")
+    @click.option(
+        "--exclude", multiple=True, metavar="GLOB", help="Skip files and folders matching this glob (repeat)."
+    )
     @click.option("--delete/--no-delete", default=delete_default, show_default=True,
                   help="Delete the chunks of files that are no longer there.")
     @_report_option

@@ -14,6 +14,7 @@ pipeline stops between batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -241,10 +242,8 @@ class CollectionLock:
                 owner.describe(),
                 "the process is gone" if owner.process_alive() is False else "its heartbeat expired",
             )
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            except FileNotFoundError:
-                pass
 
     def _write_owner(self, **changes: Any) -> None:
         assert self._fh is not None and self._owner is not None

@@ -11,6 +11,7 @@ Three kinds of text are masked wherever output is produced:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -98,10 +99,8 @@ def scrub_exception(exc: BaseException) -> BaseException:
         current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
         for name, value in list(vars(current).items()):
             if isinstance(value, str):
-                try:
+                with contextlib.suppress(AttributeError):
                     setattr(current, name, redact(value))
-                except AttributeError:
-                    pass
         current = current.__cause__ or current.__context__
     return exc
 
@@ -128,7 +127,8 @@ def scrubbed(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except Exception as e:
-            raise scrub_exception(e)
+            scrub_exception(e)  # in place: the same exception, re-raised with its traceback
+            raise
 
     return wrapper  # type: ignore[return-value]
 

@@ -100,22 +100,21 @@ def verify(
     context = CollectionContext.from_config(config)
     if not repair:
         return _check(context)
-    with context.lock(wait=wait, timeout=wait_timeout):
-        with context.open_store() as store:
-            live = context.resolved(store)
-            with live.open_records() as records:
-                pending = sorted(records.intents())
-                drift = find_drift(store, live.target, records.chunk_ids())
-                result = VerifyResult(drift, pending)
-                log.info("verify %r: %s", live.target, drift.summary())
-                if drift.clean and not pending:
-                    return result
-                records.reconcile(store, live.target)
-                current = find_drift(store, live.target, records.chunk_ids())
-                result.orphans_deleted = delete_orphans(store, current)
-                records.forget_chunks(current.missing)
-                result.reencoded = sorted(set(current.missing) | set(pending))
-                result.repaired = True
+    with context.lock(wait=wait, timeout=wait_timeout), context.open_store() as store:
+        live = context.resolved(store)
+        with live.open_records() as records:
+            pending = sorted(records.intents())
+            drift = find_drift(store, live.target, records.chunk_ids())
+            result = VerifyResult(drift, pending)
+            log.info("verify %r: %s", live.target, drift.summary())
+            if drift.clean and not pending:
+                return result
+            records.reconcile(store, live.target)
+            current = find_drift(store, live.target, records.chunk_ids())
+            result.orphans_deleted = delete_orphans(store, current)
+            records.forget_chunks(current.missing)
+            result.reencoded = sorted(set(current.missing) | set(pending))
+            result.repaired = True
     if roots and result.reencoded:
         ingest(roots, config=config, wait=True, wait_timeout=wait_timeout)
     else:

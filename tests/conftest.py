@@ -70,10 +70,10 @@ def milvus_server(tmp_path_factory):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
-            except OSError:
+            except OSError as e:
                 if server.poll() is not None or time.monotonic() > deadline:
                     server.kill()
-                    raise RuntimeError(f"milvus_lite server did not start; see {data / 'server.log'}")
+                    raise RuntimeError(f"milvus_lite server did not start; see {data / 'server.log'}") from e
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
         server.terminate()

@@ -23,7 +23,8 @@ def test_example_loads(path):
     cfg = load_config(path, env=ENV)
     assert cfg.store.backend in ("milvus", "qdrant")
     assert cfg.model.name
-    CollectionContext.from_config(cfg).records_path
+    records = CollectionContext.from_config(cfg).records_path
+    assert records is None or records.suffix in (".sqlite", ".db")
     for value in (cfg.store.token, cfg.store.api_key):
         assert secret(value) in (None, *ENV.values())
 

@@ -51,7 +51,7 @@ def make(rng, source="a.md", index=0, text=None, metadata=None, colbert=False):
         content_hash=f"{index:064x}",
         metadata=metadata if metadata is not None else {"lang": "en", "headings": ["Intro"]},
         dense=unit(rng),
-        sparse={int(t): float(w) for t, w in zip(rng.choice(50, 4, replace=False), rng.random(4) + 0.01)},
+        sparse={int(t): float(w) for t, w in zip(rng.choice(50, 4, replace=False), rng.random(4) + 0.01, strict=True)},
         colbert=np.stack([unit(rng) for _ in range(tokens)]) if colbert else None,
     )
 
@@ -77,7 +77,7 @@ def test_upsert_get_round_trip(store, collection):
     assert store.count(collection) == 6
     got = store.get(collection, [r.id for r in records] + [str(uuid.uuid4())], with_vectors=True)
     assert [g.id for g in got] == [r.id for r in records]
-    for g, r in zip(got, records):
+    for g, r in zip(got, records, strict=True):
         assert_same(g, r)
     plain = store.get(collection, [records[0].id])[0]
     assert_same(plain, records[0], vectors=False)
@@ -225,7 +225,9 @@ def test_filters_nest_up_to_the_depth_limit(store, filter_collection, filter_cor
 
 def test_bad_filter_names_the_key(store, filter_collection, filter_corpus):
     with pytest.raises(FilterError, match="bogus"):
-        store.search(filter_collection, dense=filter_corpus[0].dense, mode="dense", filter={"chunk_index": {"$bogus": 1}})
+        store.search(
+            filter_collection, dense=filter_corpus[0].dense, mode="dense", filter={"chunk_index": {"$bogus": 1}}
+        )
 
 
 def test_schema_mismatch_names_the_difference(store, collection):
@@ -398,7 +400,7 @@ def test_store_from_config_opens_the_configured_backend(tmp_path):
         assert s.backend == "qdrant"
         s.ensure_collection("c", DIM)
         assert s.list_collections() == ["c"]
-    with pytest.raises(ValueError, match="store.backend"):
+    with pytest.raises(ValueError, match=r"store\.backend"):
         open_store("chroma", "x")
 
 
@@ -444,6 +446,8 @@ def test_milvus_text_beyond_the_overflow_parts_is_refused_whole(tmp_path):
     too_long = make(rng, "big.md", 1, text="x" * ((TEXT_PARTS_MAX + 1) * VARCHAR_MAX + 1))
     with open_store("milvus", str(tmp_path / "m.db")) as s:
         s.ensure_collection("c", DIM)
-        with pytest.raises(StoreError, match=r"chunk .* of big.md has 16842496 bytes of text, more than the 16842495.*chunk_size"):
+        with pytest.raises(
+            StoreError, match=r"chunk .* of big.md has 16842496 bytes of text, more than the 16842495.*chunk_size"
+        ):
             s.upsert("c", [make(rng, "ok.md", 0), too_long])
         assert s.count("c") == 0

@@ -42,9 +42,13 @@ def test_a_store_another_process_holds_is_named_with_that_process(tmp_path, capf
 
 
 def test_a_qdrant_folder_open_twice_in_one_process_says_so(tmp_path):
-    with open_store("qdrant", str(tmp_path / "q")):
-        with pytest.raises(StoreError, match=rf"^qdrant at {tmp_path}/q: the Qdrant local folder is already open in this process"):
-            open_store("qdrant", str(tmp_path / "q"))
+    with (
+        open_store("qdrant", str(tmp_path / "q")),
+        pytest.raises(
+            StoreError, match=rf"^qdrant at {tmp_path}/q: the Qdrant local folder is already open in this process"
+        ),
+    ):
+        open_store("qdrant", str(tmp_path / "q"))
 
 
 def _python(code: str, cwd) -> subprocess.CompletedProcess:

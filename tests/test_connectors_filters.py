@@ -114,7 +114,9 @@ def test_bounds_beyond_int64_fold_into_the_filter(spec, milvus):
         assert qdrant is not None and qdrant != NOTHING
 
 
-@pytest.mark.parametrize("spec", [{"stars": 2**63}, {"stars": {"$lt": -(2**63) - 1}}, {"metadata.n": {"$in": [1, 2**64]}}])
+@pytest.mark.parametrize(
+    "spec", [{"stars": 2**63}, {"stars": {"$lt": -(2**63) - 1}}, {"metadata.n": {"$in": [1, 2**64]}}]
+)
 def test_metadata_integers_beyond_int64_are_refused(spec):
     for render in (to_milvus, to_qdrant):
         with pytest.raises(FilterError, match="beyond the 64-bit integers"):

@@ -142,7 +142,9 @@ def test_every_qdrant_operation_names_the_server_without_credentials():
     port = _closed_port()
     store = open_store("qdrant", f"http://svc:{SECRET}@127.0.0.1:{port}", timeout=1, retry_policy=POLICY)
     _assert_every_operation_names(store, f"qdrant at http://127.0.0.1:{port}")
-    with pytest.raises(StoreError, match=rf"^qdrant at http://127.0.0.1:{port}: list aliases failed after 2 attempts: "):
+    with pytest.raises(
+        StoreError, match=rf"^qdrant at http://127.0.0.1:{port}: list aliases failed after 2 attempts: "
+    ):
         store.resolve_alias("a")
 
 

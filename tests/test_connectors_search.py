@@ -7,6 +7,7 @@ chunk absent from one list adds 0 for it). Ties are compared by score, not by or
 """
 
 import asyncio
+import itertools
 import shutil
 import uuid
 
@@ -36,7 +37,7 @@ def _corpus(rng, n, colbert=False):
             id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"doc{i}")),
             text=f"text {i}", source=f"s{i % 10}.md", chunk_index=i // 10, start=0, end=1,
             content_hash=f"{i:064x}", metadata={"lang": ["en", "de", "fr"][i % 3]},
-            dense=dense[i], sparse={int(t): float(w) for t, w in zip(tokens, weights)}, colbert=mv,
+            dense=dense[i], sparse={int(t): float(w) for t, w in zip(tokens, weights, strict=True)}, colbert=mv,
         ))
     return records
 
@@ -45,7 +46,7 @@ def _query(rng):
     q = rng.normal(size=DIM).astype(np.float32)
     q /= np.linalg.norm(q)
     tokens = rng.choice(VOCAB, 6, replace=False)
-    return q, {int(t): float(w) for t, w in zip(tokens, rng.random(6).astype(np.float32) + 0.05)}
+    return q, {int(t): float(w) for t, w in zip(tokens, rng.random(6).astype(np.float32) + 0.05, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def assert_matches(hits, expected, k, tol=2e-5):
         assert h.id in expected, f"{h.id} should not be a result"
         assert h.score == pytest.approx(expected[h.id], rel=tol, abs=tol)
     scores = [h.score for h in hits]
-    assert all(a >= b - tol for a, b in zip(scores, scores[1:]))
+    assert all(a >= b - tol for a, b in itertools.pairwise(scores))
     best = sorted(expected.values(), reverse=True)[:k]
     np.testing.assert_allclose(sorted(scores, reverse=True), best, rtol=tol, atol=tol)
 
@@ -170,7 +171,10 @@ def test_engines_agree(engines, fusion):
         }
         m, qd = got["milvus"], got["qdrant"]
         np.testing.assert_allclose([h.score for h in m], [h.score for h in qd], rtol=2e-5, atol=2e-5)
-        by_score = lambda hits: {round(h.score, 5): set() for h in hits}
+
+        def by_score(hits):
+            return {round(h.score, 5): set() for h in hits}
+
         groups_m, groups_q = by_score(m), by_score(qd)
         for h in m:
             groups_m[round(h.score, 5)].add(h.id)
@@ -221,7 +225,7 @@ def test_colbert_rerank_is_maxsim_over_the_candidates(tmp_path):
 
 def assert_same_records(got, want):
     assert [r.id for r in got] == [r.id for r in want]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert (g.text, g.source, g.chunk_index, g.start, g.end, g.content_hash, g.metadata) == (
             w.text, w.source, w.chunk_index, w.start, w.end, w.content_hash, w.metadata
         )
@@ -265,7 +269,7 @@ def test_asearch_equals_search(engines, backend, case):
     queries = [_query(rng) for _ in range(4)]
     got, want = asyncio.run(_sync_and_async(engines[backend], "corpus", queries, case))
     assert any(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert_same_hits(g, w)
 
 
@@ -328,7 +332,7 @@ def test_qdrant_server_path_async_client_equals_sync(tmp_path, corpus):
 
     results, got = asyncio.run(main())
     for got_hits, want_hits in results:
-        for g, w in zip(got_hits, want_hits):
+        for g, w in zip(got_hits, want_hits, strict=True):
             assert_same_hits(g, w)
     with open_store("qdrant", str(tmp_path / "q"), retry_policy=POLICY) as s:
         assert_same_records(got, s.get("corpus", [corpus[i].id for i in (7, 1, 9)], with_vectors=True))

@@ -89,7 +89,7 @@ def test_every_file_type_end_to_end(tmp_path, backend, encoder):
     assert "sparse vectors" in texts["paper.pdf"]
     assert "Word document" in texts["memo.docx"]
     for chunks in held.values():
-        for text, index, start, end, content_hash, metadata in chunks.values():
+        for text, _index, start, end, _content_hash, metadata in chunks.values():
             assert text.strip() and end > start >= 0
             assert metadata["team"] == "docs" and isinstance(metadata["headings"], list)
     headings = [c[5]["headings"] for c in held["notes.md"].values()]

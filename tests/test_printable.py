@@ -49,7 +49,10 @@ def test_controls_become_visible_escapes(text, shown):
         "naïve café Ærøskøbing",
         "日本語のテキスト 中文 한국어",
         "العربية עברית हिन्दी ไทย",
-        "emoji 😀 family 👩\u200d👩\u200d👧 flag 🇩🇪 wales 🏴\U000e0067\U000e0062\U000e0077\U000e006c\U000e0073\U000e007f ✔\ufe0f",
+        (
+            "emoji 😀 family 👩\u200d👩\u200d👧 flag 🇩🇪 "
+            "wales 🏴\U000e0067\U000e0062\U000e0077\U000e006c\U000e0073\U000e007f ✔\ufe0f"
+        ),
         "persian می\u200cخواهم",
         "no-break\u00a0space ideographic\u3000space thin\u2009space",
         "arabic number sign \u0600١٢",

@@ -122,7 +122,7 @@ def test_m3_uses_stored_colbert_vectors_and_equals_re_encoding(store, encoder, c
     for query in QUERIES:
         a, b = plain.search(query), stored.search(query)
         assert [r.text for r in a] == [r.text for r in b]
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert all(_close(x.scores[key], y.scores[key]) for key in x.scores)
 
 
@@ -165,10 +165,7 @@ def test_hybrid_fusion_equals_brute_force(store, spread, spread_corpus, fusion, 
     s = M3Searcher(store, spread, name, mode="hybrid", fusion=fusion, candidates=5, k=4)
     q = spread.encode([query])
     dense, sparse = ranked_lists(records, q.dense[0], q.sparse[0], candidates=5)
-    if fusion.kind == "rrf":
-        expected = rrf([dense, sparse], fusion.k)
-    else:
-        expected = weighted(dense, sparse, fusion.weights)
+    expected = rrf([dense, sparse], fusion.k) if fusion.kind == "rrf" else weighted(dense, sparse, fusion.weights)
     got = s.search(query)
     assert len(got) == 4
     top = sorted(expected.values(), reverse=True)[:4]
@@ -265,7 +262,7 @@ def test_concurrent_ainvoke_equals_invoke_and_leaves_the_loop_free(
         assert not db.threads
     else:
         assert db.threads and loop_thread not in db.threads
-    for got, want in zip(results, expected):
+    for got, want in zip(results, expected, strict=True):
         assert [d.id for d in got] == [d.id for d in want]
         assert [d.metadata["score"] for d in got] == pytest.approx([d.metadata["score"] for d in want], rel=1e-4)
 
@@ -319,7 +316,7 @@ def test_search_results_are_plain_dataclasses(searcher):
 def test_empty_query_and_missing_collection(store, encoder, searcher):
     for mode in ("dense", "sparse", "hybrid", "m3"):
         assert len(searcher.search("", mode=mode)) == (0 if mode == "sparse" else searcher.k)
-    with pytest.raises(StoreError, match="no collection 'absent'.*m3ingest ingest"):
+    with pytest.raises(StoreError, match=r"no collection 'absent'.*m3ingest ingest"):
         M3Searcher(store, encoder, "absent").search(QUERIES[0])
 
 

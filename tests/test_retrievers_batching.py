@@ -59,7 +59,7 @@ def test_queries_waiting_on_a_busy_encoder_share_the_next_batch(encoder):
 
     assert [len(b) for b in encoder.batches] == [1, 7]
     alone = encoder.encode(queries, colbert=True)
-    for i, q in enumerate(queries):
+    for i in range(len(queries)):
         got = results[i]
         assert np.allclose(got.dense, alone.dense[i], atol=1e-5)
         assert got.sparse == pytest.approx(alone.sparse[i], abs=1e-5)

@@ -66,8 +66,8 @@ def test_qdrant_sparse_adapter_gives_sparse_vectors(embeddings, encoder):
     embeddings.embed_documents(TEXTS)
     vectors = sparse.embed_documents(TEXTS)
     assert encoder.calls == before + 1
-    for vector, weights in zip(vectors, encoder.encode(TEXTS).sparse):
-        assert dict(zip(vector.indices, vector.values)) == pytest.approx(weights)
+    for vector, weights in zip(vectors, encoder.encode(TEXTS).sparse, strict=True):
+        assert dict(zip(vector.indices, vector.values, strict=True)) == pytest.approx(weights)
         assert vector.indices == sorted(vector.indices)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
@@ -15,7 +17,7 @@ from retrievers_corpus import QUERIES, TINY_M3, build
 class _Standard(RetrieversIntegrationTests):
     # The standard suite has one async test: run it on pytest-asyncio. The mark is harmless on the
     # synchronous ones, so their warning about it is silenced.
-    pytestmark = [
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [
         pytest.mark.asyncio,
         pytest.mark.filterwarnings("ignore:.*marked with '@pytest.mark.asyncio' but it is not an async"),
     ]

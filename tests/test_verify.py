@@ -88,7 +88,10 @@ def test_verify_reports_drift_and_repair_restores_the_store(ingested) -> None:
 
     docs, config = ingested
     assert m3ingest.verify(config).clean
-    with store_from_config(config.store) as store, Records(CollectionContext.from_config(config).resolved(store).records_path) as rec:
+    with (
+        store_from_config(config.store) as store,
+        Records(CollectionContext.from_config(config).resolved(store).records_path) as rec,
+    ):
         recorded = rec.chunk_ids()
         lost = sorted(recorded["doc1.md"])[:2]
         wiped = sorted(recorded["doc2.md"])
@@ -118,7 +121,10 @@ def test_repair_without_folders_leaves_the_reencoding_to_the_next_sync(ingested)
     from m3ingest.records import Records
 
     docs, config = ingested
-    with store_from_config(config.store) as store, Records(CollectionContext.from_config(config).resolved(store).records_path) as rec:
+    with (
+        store_from_config(config.store) as store,
+        Records(CollectionContext.from_config(config).resolved(store).records_path) as rec,
+    ):
         recorded = rec.chunk_ids()
         store.delete("docs", sorted(recorded["doc3.md"])[:1])
     result = m3ingest.verify(config, repair=True)

@@ -231,7 +231,8 @@ def test_unreadable_entries_of_unsupported_types_or_excluded_are_not_reported(tm
 def test_a_single_file_root_that_is_a_fifo_is_a_failure(tmp_path):
     os.mkfifo(tmp_path / "pipe.md")
     (item,) = walk(tmp_path / "pipe.md")
-    assert isinstance(item, SourceFailure) and (item.source_id, item.reason) == ("pipe.md", "not a regular file (a FIFO)")
+    assert isinstance(item, SourceFailure)
+    assert (item.source_id, item.reason) == ("pipe.md", "not a regular file (a FIFO)")
 
 
 def test_entries_that_cannot_be_stated_or_listed(tmp_path):

@@ -268,7 +268,7 @@ class RayExecutor:
         for batch in batches:
             # Per file: the chunks acknowledged by a write actor, or the encoded chunks.
             done = batch["written"] if write else batch["chunks"]
-            for result, out in zip(batch["result"], done):
+            for result, out in zip(batch["result"], done, strict=True):
                 plan = run.start(result)
                 if plan is None:
                     continue

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from m3ingest.faults import crash_point
 from m3ingest.ingest.encoding import LazyEncoder, encode_entries
@@ -91,7 +91,7 @@ class Remove:
     record: SourceRecord
 
 
-Job = Union[Begin, Abandon, Upsert, Rewrite, Written, Commit, Touch, Remove]
+Job = Begin | Abandon | Upsert | Rewrite | Written | Commit | Touch | Remove
 
 
 class Writer(Stage[Job]):

@@ -306,7 +306,7 @@ class M3Searcher:
                 colbert=True,
                 max_length=self.max_length,
             )
-            for record, vectors in zip(missing, out.colbert):
+            for record, vectors in zip(missing, out.colbert, strict=True):
                 record.colbert = vectors
         return records
 

@@ -151,7 +151,10 @@ def _same_id(first: SourceFile, second: SourceFile) -> str:
             f"same source id as a file under {printable(str(first.root))}; "
             "ingest these folders separately or pass their common parent"
         )
-    return f"same source id as {printable(str(first.path))} (bytes that are not UTF-8 are written \\xNN); rename one of them"
+    return (
+        f"same source id as {printable(str(first.path))} (bytes that are not UTF-8 are written \\xNN); "
+        "rename one of them"
+    )
 
 
 def _id_name(name: str) -> str:
@@ -220,7 +223,9 @@ def _walk_root(rules: _Rules) -> Iterator[SourceFile | SourceFailure]:
     source_id = _id_name(root.name)
     if root.suffix.lower() not in rules.suffixes:
         supported = ", ".join(sorted(rules.suffixes))
-        yield SourceFailure(root, source_id, f"unsupported file type {root.suffix or '(no suffix)'!r}; supported: {supported}")
+        yield SourceFailure(
+            root, source_id, f"unsupported file type {root.suffix or '(no suffix)'!r}; supported: {supported}"
+        )
     elif not stat.S_ISREG(st.st_mode):
         yield SourceFailure(root, source_id, _not_regular(st))
     else:
@@ -302,7 +307,9 @@ def _walk_dir(
         if is_dir:
             dkey = _dir_key(st)
             if dkey in ancestors:
-                yield SourceFailure(path, source_id, f"symlink loop (leads back to {printable(os.path.realpath(path))})")
+                yield SourceFailure(
+                    path, source_id, f"symlink loop (leads back to {printable(os.path.realpath(path))})"
+                )
                 continue
             yield from _walk_dir(rules, path, key, ancestors | {dkey})
         elif not stat.S_ISREG(st.st_mode):
