@@ -17,6 +17,10 @@ M3Embedder with its own (fp16, batch 256), both asked for dense + sparse. Sectio
              other never-seen chunks, without and with warmup=512 (load time reported apart)
   execution  eager vs CUDA graphs vs torch.compile vs compile + graphs on the chunk mix
   long       log-normal lengths up to 8192 (median ~700), max_length 8192, as chunks
+  ingest     ``m3ingest.ingest`` of a real documentation corpus (bench/chunking.py's choice, copied
+             up to ~--ingest-mb MB) into a Milvus Lite file with the default prepare mode: tok/s
+             against the encoder alone on the same batches, GPU busy % sampled through NVML
+             (bench/pipeline.py --gpu, which has the options, measures the same)
 
 Every run is timed after a CUDA synchronisation, over the whole encode call (tokenizing
 included). Each section is written to the JSON as soon as it ends, and a section that fails is
@@ -62,10 +66,10 @@ from m3ingest.encoder.random_checkpoint import build_random_checkpoint
 RESULTS = Path(__file__).resolve().parent / "results"
 # Dense fp16/bf16 tensor-core peaks from the vendors' data sheets, FLOP/s.
 SPEC_PEAK = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12}
-SECTIONS = ("accuracy", "fixed", "chunks", "firstpass", "execution", "long")
+SECTIONS = ("accuracy", "fixed", "chunks", "firstpass", "ingest", "execution", "long")
 # Rough seconds each section needs on an H100/H200 at the default sizes; a section starts only
 # if this much of the budget is left.
-NEEDS = {"accuracy": 30, "fixed": 60, "chunks": 40, "long": 40, "firstpass": 40, "execution": 150}
+NEEDS = {"accuracy": 30, "fixed": 60, "chunks": 40, "long": 40, "firstpass": 40, "ingest": 60, "execution": 150}
 
 
 def spec_peak(name: str) -> float | None:
@@ -286,6 +290,33 @@ def firstpass(b: Bench) -> dict[str, Any]:
     return out
 
 
+def ingest(b: Bench) -> dict[str, Any]:
+    """The whole ingest of a real corpus on this device, against the encoder alone (see bench/pipeline.py)."""
+    import shutil
+    import tempfile
+
+    from chunking import find_corpus
+    from pipeline import copy_corpus, measure_gpu_ingest
+
+    corpus, how = find_corpus()
+    size = sum(p.stat().st_size for p in corpus.rglob("*") if p.is_file())
+    mb = 0.2 if b.args.smoke else b.args.ingest_mb
+    copies = max(1, round(mb * 2**20 / max(size, 1)))
+    tmp = Path(tempfile.mkdtemp(prefix="m3ingest-gpu-ingest-"))
+    try:
+        files = copy_corpus(corpus, tmp / "docs", mb, copies)
+        print(f"  corpus {corpus} ({how}) x {copies}: {len(files)} files", flush=True)
+        size_chunk = 64 if b.args.smoke else 512
+        out = measure_gpu_ingest(
+            b.ckpt, tmp / "docs", tmp, device=str(b.device), chunk_size=size_chunk, overlap=size_chunk // 8,
+            batch_tokens=16384,
+        )
+        return {"corpus": str(corpus), "copies": copies, "files": len(files), **out}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        release()
+
+
 def execution(b: Bench) -> dict[str, Any]:
     """eager, CUDA graphs, torch.compile and compile + graphs on the chunk mix."""
     import torch._dynamo
@@ -339,11 +370,14 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache")
     p.add_argument("--tokens", type=int, default=1 << 20, help="tokens per run (per pass of a mix)")
     p.add_argument("--batch-tokens", default="16384,65536", help="M3Encoder budgets tried in 'fixed'")
+    p.add_argument("--ingest-mb", type=float, default=4.0, help="MB of documents the 'ingest' section ingests")
     p.add_argument("--budget-s", type=float, default=345.0, help="skip sections that no longer fit this many seconds")
     p.add_argument("--json", type=Path, help="the result file (default bench/results/gpu-<card>-<time>.json)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    # Milvus Lite's in-process gRPC server logs each call pymilvus makes that it does not implement.
+    logging.getLogger("grpc").setLevel(logging.CRITICAL)
     chosen = SECTIONS if args.all or not args.sections else tuple(s for s in args.sections.split(",") if s)
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
@@ -361,6 +395,7 @@ def main() -> None:
         "chunks": chunks,
         "long": long,
         "firstpass": firstpass,
+        "ingest": ingest,
         "execution": execution,
     }
     for name in chosen:

@@ -517,6 +517,95 @@ class GpuSampler(threading.Thread):
         return float(np.mean(busy)) if busy else float("nan")
 
 
+def measure_gpu_ingest(
+    model: Path, docs: Path, work: Path, *, device: str, chunk_size: int, overlap: int, batch_tokens: int
+) -> dict[str, Any]:
+    """``m3ingest.ingest`` of ``docs`` with the real encoder of ``model`` on ``device`` into a Milvus
+    Lite file under ``work``: its tok/s against the encoder alone on the same batches and, on
+    CUDA, the GPU's mean busy percentage sampled through NVML (also used by bench/gpu.py)."""
+    import torch
+
+    import m3ingest
+    from m3ingest.config import Config
+    from m3ingest.connectors import open_store
+    from m3ingest.encoder import M3Encoder
+
+    cuda = device.startswith("cuda")
+    encoder = M3Encoder(model, device=device, batch_tokens=batch_tokens, warmup=chunk_size + 2 if cuda else False)
+    recording = RecordingEncoder(encoder)
+    config = Config.model_validate(
+        {
+            "store": {"backend": "milvus", "uri": str(work / "m3.db"), "collection": COLLECTION},
+            "model": {"name": str(model), "batch_tokens": batch_tokens},
+            "chunking": {"chunk_size": chunk_size, "overlap": overlap},
+        }
+    )
+    sampler = None
+    if cuda:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = torch.device(device).index
+        sampler = GpuSampler(torch.cuda.current_device() if index is None else index)
+    with open_store("milvus", config.store.uri) as store:
+        if sampler:
+            sampler.start()
+        start = time.perf_counter()
+        summary = m3ingest.ingest(docs, config, encoder=recording, store=store)
+        seconds = time.perf_counter() - start
+        if sampler:
+            sampler.stop()
+    if cuda:
+        torch.cuda.synchronize()
+    alone_start = time.perf_counter()
+    for ids in recording.calls:
+        encoder.encode_ids(ids, dense=True, sparse=True)
+    if cuda:
+        torch.cuda.synchronize()
+    encoder_seconds = time.perf_counter() - alone_start
+    tokens = sum(len(ids) for call in recording.calls for ids in call)
+    end_to_end, alone = summary.tokens_encoded / seconds, tokens / encoder_seconds
+    # While chunks flow: from the first encoder call to the end of the last (no start-up or final flush).
+    flowing = tokens / (recording.last - recording.first)
+    # None where nothing was sampled (not CUDA).
+    busy = sampler.mean() if sampler else None
+    busy_flowing = sampler.mean(recording.first, recording.last) if sampler else None
+    result = {
+        "device": torch.cuda.get_device_name(torch.device(device)) if cuda else "CPU",
+        "cpus": cores(),
+        "default_prepare": describe_default(),
+        "files_new": summary.files_new,
+        "files_failed": summary.files_failed,
+        "chunks": summary.chunks_written,
+        "tokens_encoded": summary.tokens_encoded,
+        "ingest_seconds": seconds,
+        "seconds_before_first_encode": recording.first - start,
+        "seconds_after_last_encode": start + seconds - recording.last,
+        "end_to_end_tokens_per_s": end_to_end,
+        "while_flowing_tokens_per_s": flowing,
+        "encoder_only_tokens_per_s": alone,
+        "end_to_end_vs_encoder_only": end_to_end / alone,
+        "while_flowing_vs_encoder_only": flowing / alone,
+        "gpu_busy_mean_percent": busy,
+        "gpu_busy_while_flowing_percent": busy_flowing,
+        "gpu_samples": len(sampler.samples) if sampler else 0,
+        "targets_met": {
+            "end_to_end_vs_encoder_only>=0.7": end_to_end / alone >= 0.7,
+            "gpu_busy>=70": None if busy is None else busy >= 70,
+        },
+    }
+    gpu = (
+        "no GPU sampled" if busy is None or busy_flowing is None
+        else f"GPU busy {busy:.0f}% on average ({busy_flowing:.0f}% while chunks flow; {len(sampler.samples)} samples)"
+    )
+    print(
+        f"ingest {end_to_end:,.0f} tok/s ({flowing:,.0f} while chunks flow), encoder alone {alone:,.0f} "
+        f"tok/s: {end_to_end / alone:.0%} ({flowing / alone:.0%}); {gpu}",
+        flush=True,
+    )
+    return result
+
+
 def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -526,15 +615,11 @@ def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
             "False): run it on a machine with an NVIDIA GPU and a CUDA build of torch"
         )
     try:
-        import pynvml
+        import pynvml  # noqa: F401
     except ImportError:
         raise SystemExit("--gpu samples GPU utilisation through NVML: pip install nvidia-ml-py") from None
     from chunking import find_corpus
 
-    import m3ingest
-    from m3ingest.config import Config
-    from m3ingest.connectors import open_store
-    from m3ingest.encoder import M3Encoder
     from m3ingest.encoder.random_checkpoint import build_random_checkpoint
 
     corpus, how = (args.corpus, "given") if args.corpus else find_corpus()
@@ -550,63 +635,11 @@ def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
             )
             model_note = f"random weights of bge-m3's shape (24 x 1024, 16 heads); tokenizer {note}"
         print(f"corpus {corpus} ({how}) x {args.copies}: {len(files)} files; model: {model_note}")
-        encoder = M3Encoder(model, device="cuda", batch_tokens=args.batch_tokens, warmup=args.chunk_size + 2)
-        recording = RecordingEncoder(encoder)
-        config = Config.model_validate(
-            {
-                "store": {"backend": "milvus", "uri": str(tmp / "m3.db"), "collection": COLLECTION},
-                "model": {"name": str(model), "batch_tokens": args.batch_tokens},
-                "chunking": {"chunk_size": args.chunk_size, "overlap": args.overlap},
-            }
+        measured = measure_gpu_ingest(
+            model, tmp / "docs", tmp, device="cuda", chunk_size=args.chunk_size, overlap=args.overlap,
+            batch_tokens=args.batch_tokens,
         )
-        pynvml.nvmlInit()
-        index = torch.cuda.current_device()
-        with open_store("milvus", config.store.uri) as store:
-            sampler = GpuSampler(index)
-            sampler.start()
-            start = time.perf_counter()
-            summary = m3ingest.ingest(tmp / "docs", config, encoder=recording, store=store)
-            seconds = time.perf_counter() - start
-            sampler.stop()
-        torch.cuda.synchronize()
-        alone_start = time.perf_counter()
-        for ids in recording.calls:
-            encoder.encode_ids(ids, dense=True, sparse=True)
-        encoder_seconds = time.perf_counter() - alone_start
-        tokens = sum(len(ids) for call in recording.calls for ids in call)
-        end_to_end, alone = summary.tokens_encoded / seconds, tokens / encoder_seconds
-        # While chunks flow: from the first encoder call to the end of the last (no start-up or final flush).
-        flowing = tokens / (recording.last - recording.first)
-        busy, busy_flowing = sampler.mean(), sampler.mean(recording.first, recording.last)
-        result = {
-            "corpus": str(corpus),
-            "copies": args.copies,
-            "files": len(files),
-            "model": model_note,
-            "gpu": torch.cuda.get_device_name(index),
-            "cpus": cores(),
-            "default_prepare": describe_default(),
-            "chunks": summary.chunks_written,
-            "tokens_encoded": summary.tokens_encoded,
-            "ingest_seconds": seconds,
-            "seconds_before_first_encode": recording.first - start,
-            "seconds_after_last_encode": start + seconds - recording.last,
-            "end_to_end_tokens_per_s": end_to_end,
-            "while_flowing_tokens_per_s": flowing,
-            "encoder_only_tokens_per_s": alone,
-            "end_to_end_vs_encoder_only": end_to_end / alone,
-            "while_flowing_vs_encoder_only": flowing / alone,
-            "gpu_busy_mean_percent": busy,
-            "gpu_busy_while_flowing_percent": busy_flowing,
-            "gpu_samples": len(sampler.samples),
-            "targets_met": {"end_to_end_vs_encoder_only>=0.7": end_to_end / alone >= 0.7, "gpu_busy>=70": busy >= 70},
-        }
-        print(
-            f"ingest {end_to_end:,.0f} tok/s ({flowing:,.0f} while chunks flow), encoder alone {alone:,.0f} "
-            f"tok/s: {end_to_end / alone:.0%} ({flowing / alone:.0%}); GPU busy {busy:.0f}% on average "
-            f"({busy_flowing:.0f}% while chunks flow; {len(sampler.samples)} samples)"
-        )
-        return result
+        return {"corpus": str(corpus), "copies": args.copies, "files": len(files), "model": model_note, **measured}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
