@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 C = TypeVar("C")
 
@@ -16,7 +16,9 @@ class PerLoop(Generic[C]):
     Clients of loops that have closed are dropped (they can no longer be closed cleanly).
     """
 
-    def __init__(self, open: Callable[[], Awaitable[C]], close: Callable[[C], Awaitable[object]]) -> None:
+    def __init__(
+        self, open: Callable[[], Coroutine[Any, Any, C]], close: Callable[[C], Coroutine[Any, Any, object]]
+    ) -> None:
         self._open = open
         self._close = close
         self._lock = threading.Lock()

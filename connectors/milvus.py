@@ -214,14 +214,17 @@ class MilvusStore(ClientStore[MilvusClient, AsyncMilvusClient]):
     def _loaded_call(self, call: Call) -> Plan[Any]:
         """``call``, a read, made on a loaded collection: loaded first the first time this store
         reads it, and again if it was released since."""
-        if call.collection not in self._loaded:
-            yield from self._load(call.operation, call.collection)
+        collection = call.collection
+        if collection is None:
+            raise ValueError(f"{call.operation}: a read of a loaded collection must name the collection")
+        if collection not in self._loaded:
+            yield from self._load(call.operation, collection)
         try:
             return (yield call)
         except StoreError as e:
             if not _needs_load(e.__cause__):
                 raise
-        yield from self._load(call.operation, call.collection)
+        yield from self._load(call.operation, collection)
         return (yield call)
 
     def _load(self, operation: str, collection: str) -> Plan[None]:

@@ -101,13 +101,8 @@ class QdrantStore(ClientStore[QdrantClient, AsyncQdrantClient]):
         if self.location.kind != "server":
             return  # local mode has no payload indexes
         for key in ("source", "content_hash"):
-            self._call(
-                f"index payload '{key}'",
-                collection,
-                lambda key=key: self.client.create_payload_index(
-                    collection, key, models.PayloadSchemaType.KEYWORD, wait=True
-                ),
-            )
+            args = (collection, key, models.PayloadSchemaType.KEYWORD)
+            self._execute(Call(f"index payload '{key}'", collection, "create_payload_index", args, {"wait": True}))
 
     def _schema_problems(self, collection: str, dim: int, colbert: bool) -> list[str]:
         info = self._call("describe", collection, lambda: self.client.get_collection(collection))
@@ -170,7 +165,8 @@ class QdrantStore(ClientStore[QdrantClient, AsyncQdrantClient]):
 
     @staticmethod
     def _row_bytes(p: models.PointStruct) -> int:
-        v = p.vector
+        assert isinstance(p.vector, dict)  # _point always builds named vectors
+        v: dict[str, Any] = p.vector
         floats = len(v["dense"]) + 2 * len(v["sparse"].indices) + sum(map(len, v.get("colbert", ())))
         payload = p.payload or {}
         # JSON escapes take at most 6 bytes a character; metadata is small enough to measure.
@@ -181,10 +177,13 @@ class QdrantStore(ClientStore[QdrantClient, AsyncQdrantClient]):
         return {"wait": True}
 
     def _ids_selector(self, ids: list[str]) -> dict[str, Any]:
-        return {"points_selector": models.PointIdsList(points=ids)}
+        points: list[models.ExtendedPointId] = list(ids)
+        return {"points_selector": models.PointIdsList(points=points)}
 
     def _source_selector(self, source: str) -> dict[str, Any]:
-        return {"points_selector": models.FilterSelector(filter=to_qdrant({"source": source}))}
+        flt = to_qdrant({"source": source})
+        assert flt is not None  # None only for a filter that matches everything, never for an equality
+        return {"points_selector": models.FilterSelector(filter=flt)}
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -237,6 +236,7 @@ class QdrantStore(ClientStore[QdrantClient, AsyncQdrantClient]):
                     with_vectors=False,
                 )
                 for p in points:
+                    assert p.payload is not None  # asked for with with_payload
                     out.setdefault(p.payload["source"], set()).add(str(p.id))
                 if offset is None:
                     return out
@@ -297,7 +297,7 @@ def _first_stage(q: Query, candidates: int, flt: models.Filter | None) -> dict[s
     dense: dict[str, Any] = {}
     if q.dense is not None:
         dense = {"query": np.asarray(q.dense, np.float32).tolist(), "using": "dense"}
-    sparse = {"query": _sparse(q.sparse), "using": "sparse"} if q.sparse is not None else {}
+    sparse: dict[str, Any] = {"query": _sparse(q.sparse), "using": "sparse"} if q.sparse is not None else {}
     if q.mode == "dense":
         return {**dense, "filter": flt}
     if q.mode == "sparse":

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from m3ingest.errors import SettingsMismatchError, StateError
 
@@ -309,7 +309,7 @@ class _Tx:
             raise
         return self._records._db
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: object) -> Literal[False]:
         try:
             with self._records._guard():
                 self._records._db.execute("ROLLBACK" if exc_type else "COMMIT")

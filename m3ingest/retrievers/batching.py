@@ -76,8 +76,12 @@ class QueryBatcher:
                 colbert=any(r.colbert for r in batch),
                 max_length=self.max_length,
             )
+            assert out.dense is not None and out.sparse is not None  # asked for, so encode filled them
             for i, r in enumerate(batch):
-                colbert = out.colbert[i] if r.colbert else None
+                colbert = None
+                if r.colbert:
+                    assert out.colbert is not None  # asked for, as this request wants them
+                    colbert = out.colbert[i]
                 r.result = QueryVectors(out.dense[i], out.sparse[i], colbert)
         except BaseException as e:  # handed to every caller of the batch, re-raised there
             for r in batch:

@@ -37,7 +37,9 @@ class M3Embeddings(Embeddings):
         """Dense vectors of ``texts``."""
         if not texts:
             return []
-        return self.encoding.encode(texts).dense.tolist()
+        dense = self.encoding.encode(texts).dense
+        assert dense is not None  # SharedEncoding.encode asks for dense vectors
+        return dense.tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """Dense vector of one query."""

@@ -146,7 +146,7 @@ class M3Searcher:
             "mode": search.mode,
             "k": search.k,
             "filter": search.filter,
-            "fusion": Fusion(search.fusion, k=search.rrf_k, weights=tuple(search.weights)),
+            "fusion": Fusion(search.fusion, k=search.rrf_k, weights=search.weights),
             "candidates": search.candidates,
             "m3_weights": tuple(search.m3_weights),
             "max_length": config.model.max_length,
@@ -306,6 +306,7 @@ class M3Searcher:
                 colbert=True,
                 max_length=self.max_length,
             )
+            assert out.colbert is not None  # asked for, so encode filled them
             for record, vectors in zip(missing, out.colbert, strict=True):
                 record.colbert = vectors
         return records
@@ -313,8 +314,14 @@ class M3Searcher:
     def _rerank(self, q: QueryVectors, records: Sequence[ChunkRecord], k: int) -> list[SearchResult]:
         from m3ingest.encoder import colbert_score, dense_score, lexical_score, m3_score
 
+        assert q.colbert is not None  # _encode asks for ColBERT vectors in m3 mode
         scored = []
         for record in records:
+            if record.dense is None or record.colbert is None:
+                raise StoreError(
+                    f"{self.store.label}: chunk {record.id} of {record.source} came back without its dense "
+                    "or ColBERT vectors, which m3 re-ranking needs"
+                )
             scores = {
                 "dense": dense_score(q.dense, record.dense),
                 "sparse": lexical_score(q.sparse, record.sparse or {}),
