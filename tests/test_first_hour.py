@@ -147,3 +147,34 @@ def test_a_changed_checkpoint_under_the_same_name_is_caught(folder):
     again = invoke("ingest", "docs", "--model", str(model))
     assert again.exit_code == ExitCode.CONFIG_ERROR
     assert "checkpoint: built with" in again.stderr and "m3ingest rebuild" in again.stderr
+
+
+def test_a_sync_with_nothing_changed_loads_no_model_nor_tokenizer(folder):
+    """A scheduled sync over an unchanged folder reads the records and stats the files, nothing
+    more: torch and transformers are never imported (checked in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from m3ingest.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    print(sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)\n"
+    )
+
+    def sync() -> tuple[dict, list[str]]:
+        # In a child process: a Milvus Lite file stays held by the process that opened it.
+        done = subprocess.run(
+            [sys.executable, "-c", code, "sync", "docs", "--model", str(TINY), "--json"],
+            cwd=folder, capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == ExitCode.OK, done.stderr
+        return json.loads(done.stdout), done.stderr.strip().splitlines()[-1:]
+
+    first, imported = sync()
+    assert first["files_new"] == 2 and imported == ["['torch', 'transformers']"]
+    again, imported = sync()
+    assert again["files_unchanged"] == 2 and again["tokens_encoded"] == 0
+    assert imported == ["[]"]

@@ -263,16 +263,24 @@ class LocalExecutor:
         done.set_result(list(_prepare_all(files, self.settings, chunker)))
         return done
 
-    def _pool(self) -> Any:
+    def _pool(self) -> _OnFirstUse:
         """The prepare stage: ``(submit(files) -> Future, width)`` in a context manager."""
         chunking = self.config.chunking
         if self.workers > 0:
-            backend = self.run_.encoder.tokenizer.backend_tokenizer
-            return _Processes(self.workers, backend, chunking.chunk_size, chunking.overlap, self.settings)
-        return _Threads(
-            min(PREPARE_THREADS, os.cpu_count() or 2),
-            self.run_.encoder.chunker(chunking.chunk_size, chunking.overlap),
-            self.settings,
+            return _OnFirstUse(
+                lambda: _Processes(
+                    self.workers,
+                    self.run_.encoder.tokenizer.backend_tokenizer,
+                    chunking.chunk_size,
+                    chunking.overlap,
+                    self.settings,
+                ),
+                self.workers,
+            )
+        width = min(PREPARE_THREADS, os.cpu_count() or 2)
+        return _OnFirstUse(
+            lambda: _Threads(width, self.run_.encoder.chunker(chunking.chunk_size, chunking.overlap), self.settings),
+            width,
         )
 
 
@@ -281,6 +289,30 @@ Files = list[tuple["SourceFile", "SourceRecord | None"]]
 
 def _prepare_all(files: Files, settings: PlanSettings, chunker: Chunker) -> list[Prepared]:
     return [prepare(f, held, settings, chunker) for f, held in files]
+
+
+class _OnFirstUse:
+    """A prepare pool started by the first task submitted to it, so that a run with nothing new
+    or changed loads no tokenizer (nor torch) and starts no worker."""
+
+    def __init__(self, start: Callable[[], _Threads | _Processes], width: int) -> None:
+        self._start, self._width = start, width
+        self._pool: _Threads | _Processes | None = None
+        self._submit_to: Callable[[Files], Future[Any]] | None = None
+
+    def __enter__(self) -> tuple[Callable[[Files], Future[Any]], int]:
+        return self._submit, self._width
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.__exit__(*exc)
+
+    def _submit(self, files: Files) -> Future[Any]:
+        if self._submit_to is None:
+            pool = self._start()
+            self._submit_to, _ = pool.__enter__()
+            self._pool = pool
+        return self._submit_to(files)
 
 
 class _Threads:
