@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import queue
 import threading
 from typing import Generic, TypeVar
@@ -9,7 +10,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class Stage(threading.Thread, Generic[T]):
+class Stage(threading.Thread, Generic[T], metaclass=abc.ABCMeta):
     """Applies the items put to it one after another (``apply``), holding at most ``size``
     waiting. Its first error stops it: later items are dropped and the error is raised to whoever
     puts the next one or waits for the end, so the run stops where it failed."""
@@ -19,9 +20,9 @@ class Stage(threading.Thread, Generic[T]):
         self.error: BaseException | None = None
         self._items: queue.Queue[T | None] = queue.Queue(maxsize=size)
 
+    @abc.abstractmethod
     def apply(self, item: T) -> None:
         """Do the work of one item."""
-        raise NotImplementedError
 
     def skips(self) -> bool:
         """Whether to drop the items still queued instead of applying them (default: never)."""
