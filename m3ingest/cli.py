@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from m3ingest.errors import ExitCode, M3IngestError
+from m3ingest.errors import ConfigError, ExitCode, M3IngestError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -307,6 +307,14 @@ def stats_command(**options: Any) -> None:
     _emit(data, as_json, lambda: [f"{k}: {v}" for k, v in data.items()], quiet)
 
 
+def _confirm(question: str) -> bool:
+    """The user's yes or no; a ConfigError when nobody can answer (no terminal on stdin)."""
+    try:
+        return click.confirm(question)
+    except click.Abort:
+        raise ConfigError(f"no answer to {question!r} (no terminal on stdin?): pass --yes to confirm") from None
+
+
 @app.command("drop")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @store_options
@@ -319,7 +327,7 @@ def drop_command(yes: bool, **options: Any) -> None:
     _setup(options)
     as_json, quiet = options.pop("as_json"), options.pop("quiet")
     config = _config(options)
-    if not yes and not click.confirm("Delete the collection and all its chunks?"):
+    if not yes and not _confirm("Delete the collection and all its chunks?"):
         sys.exit(int(ExitCode.OK))
     data = drop(config)
 

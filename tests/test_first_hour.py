@@ -178,3 +178,33 @@ def test_a_sync_with_nothing_changed_loads_no_model_nor_tokenizer(folder):
     again, imported = sync()
     assert again["files_unchanged"] == 2 and again["tokens_encoded"] == 0
     assert imported == ["[]"]
+
+
+def test_a_model_folder_that_does_not_exist_is_named_as_a_folder(folder):
+    """'./bge-m3' before it is downloaded: the folder is missing, not a hub id to fetch."""
+    for name in ("./bge-m3", "../models/bge-m3"):
+        result = invoke("ingest", "docs", "--model", name)
+        assert result.exit_code == ExitCode.CONFIG_ERROR
+        assert f"model directory {name!r} does not exist" in result.stderr and "hf download" in result.stderr
+    assert made_on_disk(folder) == set()
+
+
+def test_a_device_this_machine_lacks_is_a_configuration_error(folder):
+    import torch
+
+    lacking = ["gpu", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])
+    for device in lacking:
+        result = invoke("ingest", "docs", "--model", str(TINY), "--device", device)
+        assert result.exit_code == ExitCode.CONFIG_ERROR, (device, result.output)
+        assert "--device" in result.stderr and "Traceback" not in result.output
+    assert invoke("search", "alpha", "--model", str(TINY), "--device", "gpu").exit_code == ExitCode.CONFIG_ERROR
+
+
+def test_drop_with_nobody_to_confirm_asks_for_yes(folder):
+    assert invoke("ingest", "docs", "--model", str(TINY), "--uri", "one.db").exit_code == ExitCode.OK
+    refused = CliRunner().invoke(app, ["drop", "--uri", "one.db"], input="")
+    assert refused.exit_code == ExitCode.CONFIG_ERROR and "pass --yes" in refused.stderr
+    kept = invoke("stats", "--uri", "one.db", "--json")
+    assert json.loads(kept.stdout)["chunks_in_store"] > 0
+    declined = CliRunner().invoke(app, ["drop", "--uri", "one.db"], input="n\n")
+    assert declined.exit_code == ExitCode.OK

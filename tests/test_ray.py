@@ -269,3 +269,16 @@ def test_cli_executor_option(tmp_path):
 
     wrong = CliRunner().invoke(app, ["ingest", str(folder), *store, "--executor", "spark"])
     assert wrong.exit_code == 2 and "executor" in wrong.stderr
+
+
+def test_more_encoders_than_the_cluster_can_host_start_with_those_that_fit(tmp_path, ingested_locally, caplog):
+    """encoders = 8 on a 4-CPU runtime: a fixed pool of 8 would wait forever; the run starts the
+    actors that fit, says so, and builds the same store."""
+    folder, local = ingested_locally
+    (tmp_path / "ray").mkdir()
+    distributed = make_config(tmp_path / "ray", "milvus")
+    with caplog.at_level("WARNING", logger="m3ingest.ingest"):
+        summary = m3ingest.ingest(folder, distributed, **on_ray(encoders=8))
+    assert summary.files_new == 4
+    assert "room for 3 encoder actor(s)" in caplog.text and "executor.encoders = 8" in caplog.text
+    assert_same_store(distributed, local)

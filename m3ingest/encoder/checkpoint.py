@@ -24,7 +24,8 @@ _HUB_FILES = [
     COLBERT_HEAD,
     SPARSE_HEAD,
 ]
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# owner/name, neither part starting with '.' or '-' (so './x' and '../x' are paths, not ids).
+_HUB_ID = re.compile(r"^(?![.-])[\w.-]+/(?![.-])[\w.-]+$")
 _HUB_TIMEOUT_S = 10.0
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _MODEL_HELP = "the --model option, M3INGEST_MODEL__NAME or model.name in the configuration"
@@ -145,6 +146,11 @@ def _local_directory(model: str | os.PathLike[str], revision: str | None) -> Pat
                 f"remove the revision (M3INGEST_MODEL__REVISION or model.revision) or pass a hub id"
             )
         return path
+    if not _HUB_ID.match(name) and not path.exists():
+        raise CheckpointError(
+            f"model directory {name!r} does not exist; download the model into it "
+            f"(`hf download BAAI/bge-m3 --local-dir {name}`) or fix {_MODEL_HELP}"
+        )
     if not _HUB_ID.match(name) or path.exists():
         raise CheckpointError(
             f"model {name!r} is neither a directory nor a Hugging Face hub id like 'BAAI/bge-m3'; check {_MODEL_HELP}"

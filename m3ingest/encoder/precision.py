@@ -9,11 +9,14 @@ from pathlib import Path
 
 import torch
 
+from m3ingest.errors import ConfigError
+
 logger = logging.getLogger("m3ingest.encoder")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # CPU flags that mean bf16 matrix products run in hardware rather than being emulated.
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_DEVICE_HELP = "the --device option, M3INGEST_MODEL__DEVICE or model.device in the configuration"
 
 
 def resolve_devices(device: str | Sequence[str] | None) -> list[torch.device]:
@@ -22,11 +25,25 @@ def resolve_devices(device: str | Sequence[str] | None) -> list[torch.device]:
         return [torch.device("cuda" if torch.cuda.is_available() else "cpu")]
     names = [device] if isinstance(device, str | torch.device) else list(device)
     if not names:
-        raise ValueError("device list is empty; pass None, 'cpu', 'cuda', 'cuda:1' or a list of them")
-    devices = [torch.device(n) for n in names]
+        raise ConfigError(
+            f"device list is empty; pass None, 'cpu', 'cuda', 'cuda:1' or a list of them ({_DEVICE_HELP})"
+        )
+    devices = []
+    for name in names:
+        try:
+            devices.append(torch.device(name))
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device {name!r} is not a device: use cpu, cuda or cuda:N ({_DEVICE_HELP})") from exc
     for d in devices:
         if d.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {str(d)!r} asked for, but torch sees no CUDA GPU; use device='cpu'")
+            raise ConfigError(
+                f"device {str(d)!r} asked for, but torch sees no CUDA GPU: use cpu, or leave the device unset "
+                f"to take a GPU when there is one ({_DEVICE_HELP})"
+            )
+        if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {str(d)!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) ({_DEVICE_HELP})"
+            )
     return devices
 
 

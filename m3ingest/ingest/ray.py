@@ -22,6 +22,7 @@ are ``encode_batch`` and ``store_write``. Ray is imported only here (the ``m3ing
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from m3ingest.chunking import Chunker
     from m3ingest.connectors import ChunkRecord
     from m3ingest.sources import SourceFailure, SourceFile
+
+log = logging.getLogger("m3ingest.ingest")
 
 #: Encoded chunks gathered from several files before one upsert.
 WRITE_CHUNKS = 512
@@ -147,6 +150,15 @@ class _StoreWriter:
         return {"result": batch["result"], "written": written}
 
 
+def _actors_that_fit(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    """How many encoder actors of ``cpus`` CPUs and ``gpus`` GPUs the cluster can host now, one
+    CPU kept for the prepare tasks."""
+    fit = int(max(resources.get("CPU", 0) - 1, 0) // cpus) if cpus else 1 << 30
+    if gpus:
+        fit = min(fit, int(resources.get("GPU", 0) // gpus))
+    return fit
+
+
 def _worker_config(config: Config, collection: str) -> Config:
     """The configuration handed to Ray workers: no store address or credentials."""
     store = StoreConfig(backend=config.store.backend, collection=collection)
@@ -191,6 +203,15 @@ class RayExecutor:
         gpus_in_cluster = int(ray.cluster_resources().get("GPU", 0))
         gpus = ex.encoder_gpus if ex.encoder_gpus is not None else (1 if gpus_in_cluster else 0)
         actors = ex.encoders or (max(1, int(gpus_in_cluster / gpus)) if gpus else 1)
+        fit = _actors_that_fit(ray.cluster_resources(), ex.encoder_cpus, gpus)
+        if actors > fit:
+            # A fixed pool larger than the cluster would wait for resources forever, silently;
+            # the pool starts with what fits and grows if the cluster does (an autoscaler).
+            log.warning(
+                "the Ray cluster has room for %d encoder actor(s) of %s CPU and %s GPU now; starting with "
+                "those, up to executor.encoders = %d as the cluster grows",
+                fit, ex.encoder_cpus, gpus, actors,
+            )
         worker_config = _worker_config(self.config, target)
         env = {CRASH_ENV: os.environ[CRASH_ENV]} if os.environ.get(CRASH_ENV) else {}
         prepare_args: dict[str, Any] = {}
@@ -217,7 +238,7 @@ class RayExecutor:
                 fn_constructor_kwargs={"config": worker_config},
                 batch_size=ex.batch_files,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=actors),
+                compute=ray.data.ActorPoolStrategy(min_size=min(actors, max(fit, 1)), max_size=actors),
                 num_gpus=gpus,
                 num_cpus=ex.encoder_cpus,
                 runtime_env=runtime_env,
