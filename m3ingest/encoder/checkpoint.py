@@ -146,16 +146,16 @@ def _local_directory(model: str | os.PathLike[str], revision: str | None) -> Pat
                 f"remove the revision (M3INGEST_MODEL__REVISION or model.revision) or pass a hub id"
             )
         return path
-    if not _HUB_ID.match(name) and not path.exists():
-        raise CheckpointError(
-            f"model directory {name!r} does not exist; download the model into it "
-            f"(`hf download BAAI/bge-m3 --local-dir {name}`) or fix {_MODEL_HELP}"
-        )
-    if not _HUB_ID.match(name) or path.exists():
+    if path.exists():
         raise CheckpointError(
             f"model {name!r} is neither a directory nor a Hugging Face hub id like 'BAAI/bge-m3'; check {_MODEL_HELP}"
         )
-    return None
+    if _HUB_ID.match(name):
+        return None
+    raise CheckpointError(
+        f"model directory {name!r} does not exist; download the model into it "
+        f"(`hf download BAAI/bge-m3 --local-dir {name}`) or fix {_MODEL_HELP}"
+    )
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

@@ -200,10 +200,11 @@ class RayExecutor:
         """Prepare tasks -> encoder actor pool (-> write actor pool), over the files to (re-)process."""
         ex = self.config.executor
         target = self.run_.target
-        gpus_in_cluster = int(ray.cluster_resources().get("GPU", 0))
+        resources = ray.cluster_resources()
+        gpus_in_cluster = int(resources.get("GPU", 0))
         gpus = ex.encoder_gpus if ex.encoder_gpus is not None else (1 if gpus_in_cluster else 0)
         actors = ex.encoders or (max(1, int(gpus_in_cluster / gpus)) if gpus else 1)
-        fit = _actors_that_fit(ray.cluster_resources(), ex.encoder_cpus, gpus)
+        fit = _actors_that_fit(resources, ex.encoder_cpus, gpus)
         if actors > fit:
             # A fixed pool larger than the cluster would wait for resources forever, silently;
             # the pool starts with what fits and grows if the cluster does (an autoscaler).
