@@ -27,6 +27,12 @@ def open_test_store(kind, request, tmp_path_factory):
     return open_store(kind, uri, retry_policy=policy)
 
 
+@pytest.fixture(params=["milvus", "qdrant"])
+def backend(request) -> str:
+    """Each embedded engine in turn, by name (for tests that build their own configuration)."""
+    return request.param
+
+
 @pytest.fixture(scope="module", params=["milvus", "qdrant"])
 def store(request, tmp_path_factory):
     """A real embedded store (a Milvus Lite file, or Qdrant local in memory), shared by one test module."""

@@ -48,30 +48,33 @@ def check(doc: Document, chunks: list[Chunk], chunker: Chunker) -> None:
             assert c.headings == () and not any(s.start < c.end and c.start < s.end for s in doc.sections)
 
 
+#: The words of the prose texts (tests/test_chunking_equivalence.py uses them too).
+WORDS = [
+    "the",
+    "store",
+    "keeps",
+    "dense",
+    "and",
+    "sparse",
+    "vectors",
+    "for",
+    "every",
+    "chunk",
+    "of",
+    "each",
+    "file",
+    "in",
+    "the",
+    "folder",
+]
+
+
 def prose(n_paragraphs: int, seed: int = 0) -> str:
     rng = random.Random(seed)
-    words = [
-        "the",
-        "store",
-        "keeps",
-        "dense",
-        "and",
-        "sparse",
-        "vectors",
-        "for",
-        "every",
-        "chunk",
-        "of",
-        "each",
-        "file",
-        "in",
-        "the",
-        "folder",
-    ]
     paragraphs = []
     for _ in range(n_paragraphs):
         sentences = [
-            " ".join(rng.choice(words) for _ in range(rng.randint(4, 14))).capitalize() + rng.choice(".!?")
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))).capitalize() + rng.choice(".!?")
             for _ in range(rng.randint(1, 6))
         ]
         paragraphs.append(" ".join(sentences))

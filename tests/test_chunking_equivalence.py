@@ -31,6 +31,8 @@ from m3ingest import chunking
 from m3ingest.chunking import Chunker, _scan_boundaries
 from m3ingest.sources import Document, Section, extract, walk
 
+from test_chunking import WORDS
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 # --- the oracle: the algorithm as first released --------------------------------------------------
@@ -221,24 +223,6 @@ def windows(request, monkeypatch):
 
 # --- documents ------------------------------------------------------------------------------------
 
-_WORDS = [
-    "the",
-    "store",
-    "keeps",
-    "dense",
-    "and",
-    "sparse",
-    "vectors",
-    "for",
-    "every",
-    "chunk",
-    "of",
-    "each",
-    "file",
-    "in",
-    "the",
-    "folder",
-]
 _PIECES = [
     *"abcdefgh",
     " ",
@@ -309,7 +293,7 @@ def prose(rng: random.Random, n_paragraphs: int) -> str:
     paragraphs = []
     for _ in range(n_paragraphs):
         sentences = [
-            " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 16))).capitalize() + rng.choice(".!?;")
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 16))).capitalize() + rng.choice(".!?;")
             for _ in range(rng.randint(1, 7))
         ]
         paragraphs.append(" ".join(sentences))

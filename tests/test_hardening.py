@@ -30,11 +30,6 @@ def encoder() -> M3Encoder:
     return M3Encoder(str(TINY), device="cpu", dtype="float32", batch_tokens=256)
 
 
-@pytest.fixture(params=["milvus", "qdrant"])
-def backend(request) -> str:
-    return request.param
-
-
 def corpus(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(["a.md", "b.md", "c.md"]):

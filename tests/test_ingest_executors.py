@@ -31,11 +31,6 @@ def encoder() -> M3Encoder:
     return M3Encoder(str(TINY), device="cpu", dtype="float32", batch_tokens=4096)
 
 
-@pytest.fixture(params=["milvus", "qdrant"])
-def backend(request) -> str:
-    return request.param
-
-
 def write_corpus(folder: Path) -> None:
     """Enough small files for several prepare tasks, a few large ones, and four that fail."""
     folder.mkdir(parents=True)

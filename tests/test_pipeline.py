@@ -30,11 +30,6 @@ def encoder() -> M3Encoder:
     return M3Encoder(str(TINY), device="cpu", dtype="float32", batch_tokens=256)
 
 
-@pytest.fixture(params=["milvus", "qdrant"])
-def backend(request) -> str:
-    return request.param
-
-
 def run(folder: Path, config, encoder, **kw):
     return m3ingest.ingest(folder, config, encoder=encoder, **kw)
 
